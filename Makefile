@@ -1,0 +1,38 @@
+# The whole set-up on a fresh machine is `make demo` or `make test`: each (re)builds .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Exact versions this repository is tested with; pyproject.toml keeps the looser ranges for users.
+CONSTRAINTS := constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint format bench clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,torch]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m core_jax.demo --workdir runs/demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest -m "not slow" -n 2 --timeout 900 $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
