@@ -159,11 +159,14 @@ def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_R
     """
     abstract = jax.eval_shape(init_fn, *args)
     shardings = logical_sharding(abstract, mesh, rules)
+    # Static pytree metadata (an optax transformation's closures, say) differs between two calls
+    # of init_fn, so jit returns only the leaves; the tree is rebuilt with the abstract treedef.
+    leaf_shardings, treedef = jax.tree.flatten(shardings)
     replicated = NamedSharding(mesh, PartitionSpec())
-    fn = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings,
+    fn = jax.jit(lambda *a: jax.tree.leaves(nn.meta.unbox(init_fn(*a))),
+                 out_shardings=leaf_shardings,
                  in_shardings=tuple(replicated for _ in args) or None)
-    with mesh:
-        tree = fn(*args)
+    tree = jax.tree.unflatten(treedef, fn(*args))
     return tree, shardings
 
 
@@ -226,8 +229,7 @@ def make_train_step(step_fn: Callable, *, mesh: Mesh, state_sharding: Any,
                 step_fn, in_shardings=(state_sharding, batch_shardings(batch)),
                 out_shardings=(state_sharding, replicated),
                 donate_argnums=(0,) if donate else ())
-        with mesh:
-            return compiled[key](state, batch)
+        return compiled[key](state, batch)
 
     step.jitted = compiled  # exposed for AOT compilation / trace counting
     return step
