@@ -85,8 +85,9 @@ def from_dict(cls, d: dict[str, Any], prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"config: unknown key(s) {[prefix + u for u in unknown]} for "
-                         f"{cls.__name__}")
+        raise ValueError(
+            f"config: unknown key(s) {[prefix + u for u in unknown]} for {cls.__name__}"
+        )
     kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in d.items()}
     return cls(**kwargs)
 

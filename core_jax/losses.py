@@ -8,8 +8,9 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def masked_cross_entropy(logits: Array, targets: Array, mask: Array | None = None,
-                         weights: Array | None = None) -> tuple[Array, dict[str, Array]]:
+def masked_cross_entropy(
+    logits: Array, targets: Array, mask: Array | None = None, weights: Array | None = None
+) -> tuple[Array, dict[str, Array]]:
     """Mean token cross-entropy over positions where ``mask`` is set.
 
     Args:

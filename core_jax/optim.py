@@ -44,22 +44,28 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}: unknown option; "
-                             "choose cosine, linear or constant")
+            raise ValueError(
+                f"OptimizerConfig.schedule={self.schedule!r}: unknown option; "
+                "choose cosine, linear or constant"
+            )
         if self.warmup_steps < 0 or self.decay_steps <= 0:
-            raise ValueError(f"OptimizerConfig.warmup_steps={self.warmup_steps} / decay_steps="
-                             f"{self.decay_steps}: must be >= 0 / > 0")
+            raise ValueError(
+                f"OptimizerConfig.warmup_steps={self.warmup_steps} / decay_steps="
+                f"{self.decay_steps}: must be >= 0 / > 0"
+            )
         if self.grad_accum_steps < 1:
-            raise ValueError(f"OptimizerConfig.grad_accum_steps={self.grad_accum_steps}: "
-                             "must be >= 1")
+            raise ValueError(
+                f"OptimizerConfig.grad_accum_steps={self.grad_accum_steps}: must be >= 1"
+            )
 
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     warm = optax.linear_schedule(cfg.init_lr, cfg.peak_lr, max(cfg.warmup_steps, 1))
     rest = max(cfg.decay_steps - cfg.warmup_steps, 1)
     if cfg.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(cfg.peak_lr, rest, alpha=cfg.end_lr / cfg.peak_lr
-                                            if cfg.peak_lr else 0.0)
+        decay = optax.cosine_decay_schedule(
+            cfg.peak_lr, rest, alpha=cfg.end_lr / cfg.peak_lr if cfg.peak_lr else 0.0
+        )
     elif cfg.schedule == "linear":
         decay = optax.linear_schedule(cfg.peak_lr, cfg.end_lr, rest)
     else:
@@ -78,9 +84,16 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     chain = []
     if cfg.clip_norm:
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
-    chain.append(optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay,
-                             mask=None if cfg.decay_all else decay_mask))
+    chain.append(
+        optax.adamw(
+            make_schedule(cfg),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=None if cfg.decay_all else decay_mask,
+        )
+    )
     tx = optax.chain(*chain)
     if cfg.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)

@@ -75,17 +75,22 @@ class MeshConfig:
         fixed = math.prod(v for v in sizes.values() if v != -1)
         if free:
             if num_devices % fixed:
-                raise ValueError(f"MeshConfig.{free[0]}=-1: {num_devices} devices are not "
-                                 f"divisible by the other axes' product {fixed}")
+                raise ValueError(
+                    f"MeshConfig.{free[0]}=-1: {num_devices} devices are not "
+                    f"divisible by the other axes' product {fixed}"
+                )
             sizes[free[0]] = num_devices // fixed
         if math.prod(sizes.values()) != num_devices:
-            raise ValueError(f"MeshConfig: data*fsdp*model = {math.prod(sizes.values())} but "
-                             f"{num_devices} devices are available")
+            raise ValueError(
+                f"MeshConfig: data*fsdp*model = {math.prod(sizes.values())} but "
+                f"{num_devices} devices are available"
+            )
         return sizes["data"], sizes["fsdp"], sizes["model"]
 
 
-def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None
-              ) -> Mesh:
+def make_mesh(
+    config: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """Builds a ``(data, fsdp, model)`` mesh over ``devices`` (default: all global devices)."""
     config = config or MeshConfig()
     devices = list(jax.devices() if devices is None else devices)
@@ -116,8 +121,12 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partit
             if dim % size == 0:
                 kept.append(ax)
         if len(kept) < len(axes):
-            log.debug("dimension %d not divisible by %s: replicating over %s", dim, axes,
-                      sorted(set(axes) - set(kept)))
+            log.debug(
+                "dimension %d not divisible by %s: replicating over %s",
+                dim,
+                axes,
+                sorted(set(axes) - set(kept)),
+            )
         fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     return PartitionSpec(*fitted)
 
@@ -139,11 +148,15 @@ def logical_sharding(abstract_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any
     shapes = nn.meta.unbox(abstract_tree)
     return jax.tree.map(
         lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
-        mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+        mesh_specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
-def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_RULES
-                 ) -> tuple[Any, Any]:
+def init_sharded(
+    init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_RULES
+) -> tuple[Any, Any]:
     """Initialises a pytree directly in its sharding (never materialised on one device).
 
     Args:
@@ -163,9 +176,11 @@ def init_sharded(init_fn: Callable[..., Any], mesh: Mesh, *args, rules=DEFAULT_R
     # of init_fn, so jit returns only the leaves; the tree is rebuilt with the abstract treedef.
     leaf_shardings, treedef = jax.tree.flatten(shardings)
     replicated = NamedSharding(mesh, PartitionSpec())
-    fn = jax.jit(lambda *a: jax.tree.leaves(nn.meta.unbox(init_fn(*a))),
-                 out_shardings=leaf_shardings,
-                 in_shardings=tuple(replicated for _ in args) or None)
+    fn = jax.jit(
+        lambda *a: jax.tree.leaves(nn.meta.unbox(init_fn(*a))),
+        out_shardings=leaf_shardings,
+        in_shardings=tuple(replicated for _ in args) or None,
+    )
     tree = jax.tree.unflatten(treedef, fn(*args))
     return tree, shardings
 
@@ -191,6 +206,7 @@ def host_to_global(batch: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
     Returns:
       The same pytree of global ``jax.Array`` s.
     """
+
     def put(x):
         x = np.asarray(x)
         if x.ndim == 0:
@@ -201,15 +217,18 @@ def host_to_global(batch: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
         shards = math.prod(mesh.shape[a] for a in axes)
         global_rows = x.shape[0] * jax.process_count()
         if global_rows % shards:
-            raise ValueError(f"host_to_global: global batch {global_rows} is not divisible by "
-                             f"the {shards} batch shards of mesh axes {axes}")
+            raise ValueError(
+                f"host_to_global: global batch {global_rows} is not divisible by "
+                f"the {shards} batch shards of mesh axes {axes}"
+            )
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(put, batch)
 
 
-def make_train_step(step_fn: Callable, *, mesh: Mesh, state_sharding: Any,
-                    rules=DEFAULT_RULES, donate: bool = True) -> Callable:
+def make_train_step(
+    step_fn: Callable, *, mesh: Mesh, state_sharding: Any, rules=DEFAULT_RULES, donate: bool = True
+) -> Callable:
     """Jits ``step_fn(state, batch) -> (state, metrics)`` with shardings and donation.
 
     The state keeps its sharding, the batch is split over the batch axes and metrics are
@@ -226,18 +245,23 @@ def make_train_step(step_fn: Callable, *, mesh: Mesh, state_sharding: Any,
         key = jax.tree.structure(batch), tuple(np.ndim(x) for x in jax.tree.leaves(batch))
         if key not in compiled:
             compiled[key] = jax.jit(
-                step_fn, in_shardings=(state_sharding, batch_shardings(batch)),
+                step_fn,
+                in_shardings=(state_sharding, batch_shardings(batch)),
                 out_shardings=(state_sharding, replicated),
-                donate_argnums=(0,) if donate else ())
+                donate_argnums=(0,) if donate else (),
+            )
         return compiled[key](state, batch)
 
     step.jitted = compiled  # exposed for AOT compilation / trace counting
     return step
 
 
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None,
-                           local_device_ids: Sequence[int] | None = None) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: Sequence[int] | None = None,
+) -> None:
     """Starts multi-host JAX (``jax.distributed.initialize``) when more than one process is used.
 
     Arguments default to the environment variables ``JAX_COORDINATOR_ADDRESS``,
@@ -253,16 +277,30 @@ def initialize_distributed(coordinator_address: str | None = None,
         process_id = int(env["JAX_PROCESS_ID"])
     if num_processes == 1:
         return
+    if coordinator_address is None and num_processes is None and process_id is None:
+        # Let JAX auto-detect only on clusters it knows (Cloud TPU pods, SLURM, Open MPI);
+        # otherwise this is a plain single-process run.
+        markers = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+        multi = any(env.get(m) for m in markers)
+        for count_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+            multi |= env.get(count_var, "1").isdigit() and int(env.get(count_var, "1")) > 1
+        if not multi:
+            return
     if num_processes is not None and process_id is not None:
         if not 0 <= process_id < num_processes:
             raise ValueError(f"process_id={process_id} outside [0, {num_processes})")
     if coordinator_address is None and num_processes is not None:
-        raise ValueError("initialize_distributed: num_processes given without a "
-                         "coordinator_address (or JAX_COORDINATOR_ADDRESS)")
+        raise ValueError(
+            "initialize_distributed: num_processes given without a "
+            "coordinator_address (or JAX_COORDINATOR_ADDRESS)"
+        )
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except (AttributeError, ValueError):  # older/newer JAX without the option
         pass
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+    )

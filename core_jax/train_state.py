@@ -30,14 +30,16 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, *, params: Any, tx: optax.GradientTransformation,
-               rng: jax.Array | int = 0) -> TrainState:
+    def create(
+        cls, *, params: Any, tx: optax.GradientTransformation, rng: jax.Array | int = 0
+    ) -> TrainState:
         if isinstance(rng, int):
             rng = jax.random.key(rng)
         if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
             rng = jax.random.key_data(rng)
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   rng=rng, tx=tx)
+        return cls(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng, tx=tx
+        )
 
     def step_rng(self) -> jax.Array:
         """A typed PRNG key unique to this step."""

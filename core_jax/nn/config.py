@@ -168,7 +168,13 @@ class TransformerConfig:
     # Counting -----------------------------------------------------------------------------------
     def param_count(self) -> int:
         """Exact number of parameters, from the formula (tests check it against the pytree)."""
-        d, h, kv, hd, f = self.d_model, self.num_heads, self.kv_heads, self.dim_per_head, self.mlp_dim
+        d, h, kv, hd, f = (
+            self.d_model,
+            self.num_heads,
+            self.kv_heads,
+            self.dim_per_head,
+            self.mlp_dim,
+        )
         norm = d * (2 if self.norm == "layernorm" and self.norm_bias else 1)
         attn = d * h * hd + 2 * d * kv * hd + h * hd * d
         if self.qkv_bias:

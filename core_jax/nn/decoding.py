@@ -35,13 +35,21 @@ def check_token_ids(tokens, vocab_size: int, name: str = "tokens") -> None:
         return
     arr = np.asarray(tokens)
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-        raise ValueError(f"{name} holds ids outside [0, {vocab_size}): min {arr.min()}, "
-                         f"max {arr.max()}")
+        raise ValueError(
+            f"{name} holds ids outside [0, {vocab_size}): min {arr.min()}, max {arr.max()}"
+        )
 
 
-def prefill(model: Transformer, params: Any, tokens: Array | None, *,
-            lengths: Array | None = None, cache: KVCache | None = None,
-            cache_len: int | None = None, **inputs) -> tuple[Array, KVCache]:
+def prefill(
+    model: Transformer,
+    params: Any,
+    tokens: Array | None,
+    *,
+    lengths: Array | None = None,
+    cache: KVCache | None = None,
+    cache_len: int | None = None,
+    **inputs,
+) -> tuple[Array, KVCache]:
     """Runs the prompt through the model and fills a cache.
 
     Args:
@@ -67,15 +75,17 @@ def prefill(model: Transformer, params: Any, tokens: Array | None, *,
     if _is_concrete(cache.length) and _is_concrete(lengths if lengths is not None else 0):
         need = np.asarray(cache.length) + (p if lengths is None else np.asarray(lengths))
         if need.max() > cache.capacity:
-            raise ValueError(f"prompt needs {need.max()} cache positions, capacity is "
-                             f"{cache.capacity}")
+            raise ValueError(
+                f"prompt needs {need.max()} cache positions, capacity is {cache.capacity}"
+            )
     if lengths is not None:
         lengths = jnp.asarray(lengths, jnp.int32)
     return model.apply({"params": params}, tokens, cache=cache, num_valid=lengths, **inputs)
 
 
-def decode_step(model: Transformer, params: Any, cache: KVCache, tokens: Array,
-                **inputs) -> tuple[Array, KVCache]:
+def decode_step(
+    model: Transformer, params: Any, cache: KVCache, tokens: Array, **inputs
+) -> tuple[Array, KVCache]:
     """Appends one token per row and returns its logits.
 
     Args:
@@ -95,11 +105,21 @@ def decode_step(model: Transformer, params: Any, cache: KVCache, tokens: Array,
     return logits[:, 0], cache
 
 
-def generate(model: Transformer, params: Any, key: Array, prompt: Array, *,
-             max_new_tokens: int, lengths: Array | None = None, cache_len: int | None = None,
-             eos_id: int | None = None, temperature: Array | float = 0.0,
-             top_k: int | None = None, top_p: Array | float | None = None,
-             allowed_mask: Array | None = None) -> tuple[Array, Array]:
+def generate(
+    model: Transformer,
+    params: Any,
+    key: Array,
+    prompt: Array,
+    *,
+    max_new_tokens: int,
+    lengths: Array | None = None,
+    cache_len: int | None = None,
+    eos_id: int | None = None,
+    temperature: Array | float = 0.0,
+    top_k: int | None = None,
+    top_p: Array | float | None = None,
+    allowed_mask: Array | None = None,
+) -> tuple[Array, Array]:
     """Samples continuations of right-padded prompts with a KV cache, in one ``lax.scan``.
 
     Args:
@@ -123,8 +143,14 @@ def generate(model: Transformer, params: Any, key: Array, prompt: Array, *,
 
     def body(carry, i):
         cache, last_logits, done = carry
-        tok = sample(jax.random.fold_in(key, i), last_logits, temperature=temperature,
-                     top_k=top_k, top_p=top_p, allowed_mask=allowed_mask)
+        tok = sample(
+            jax.random.fold_in(key, i),
+            last_logits,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            allowed_mask=allowed_mask,
+        )
         pad = eos_id if eos_id is not None else 0
         tok = jnp.where(done, pad, tok)
         new_done = done | (tok == eos_id) if eos_id is not None else done

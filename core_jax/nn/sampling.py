@@ -14,8 +14,9 @@ Array = jax.Array
 NEG_INF = -jnp.inf
 
 
-def restrict_logits(logits: Array, *, allowed_mask: Array | None = None,
-                    id_range: tuple[Array, Array] | None = None) -> Array:
+def restrict_logits(
+    logits: Array, *, allowed_mask: Array | None = None, id_range: tuple[Array, Array] | None = None
+) -> Array:
     """Sets the logits of disallowed ids to ``-inf``.
 
     Args:
@@ -28,8 +29,9 @@ def restrict_logits(logits: Array, *, allowed_mask: Array | None = None,
     """
     if allowed_mask is not None:
         if allowed_mask.shape[-1] != logits.shape[-1]:
-            raise ValueError(f"allowed_mask has {allowed_mask.shape[-1]} ids, logits have "
-                             f"{logits.shape[-1]}")
+            raise ValueError(
+                f"allowed_mask has {allowed_mask.shape[-1]} ids, logits have {logits.shape[-1]}"
+            )
         logits = jnp.where(jnp.broadcast_to(allowed_mask, logits.shape), logits, NEG_INF)
     if id_range is not None:
         lo, hi = (jnp.asarray(r, jnp.int32) for r in id_range)
@@ -66,10 +68,16 @@ def top_p_logits(logits: Array, p: Array | float) -> Array:
     return jnp.where(logits >= threshold, logits, NEG_INF)
 
 
-def sample(key: Array, logits: Array, *, temperature: Array | float = 1.0,
-           top_k: int | None = None, top_p: Array | float | None = None,
-           allowed_mask: Array | None = None,
-           id_range: tuple[Array, Array] | None = None) -> Array:
+def sample(
+    key: Array,
+    logits: Array,
+    *,
+    temperature: Array | float = 1.0,
+    top_k: int | None = None,
+    top_p: Array | float | None = None,
+    allowed_mask: Array | None = None,
+    id_range: tuple[Array, Array] | None = None,
+) -> Array:
     """Draws one id per row.
 
     Args:
@@ -87,8 +95,9 @@ def sample(key: Array, logits: Array, *, temperature: Array | float = 1.0,
     """
     if logits.ndim != 2:
         raise ValueError(f"logits must be [batch, vocab], got shape {logits.shape}")
-    logits = restrict_logits(logits.astype(jnp.float32), allowed_mask=allowed_mask,
-                             id_range=id_range)
+    logits = restrict_logits(
+        logits.astype(jnp.float32), allowed_mask=allowed_mask, id_range=id_range
+    )
     any_legal = jnp.any(logits > NEG_INF, axis=-1)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     t = jnp.asarray(temperature, jnp.float32)

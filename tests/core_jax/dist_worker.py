@@ -41,8 +41,10 @@ def main():
     from jax.experimental import multihost_utils
 
     params = multihost_utils.process_allgather(state.params, tiled=True)
-    sums = {jax.tree_util.keystr(k): float(np.asarray(v, np.float64).sum())
-            for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    sums = {
+        jax.tree_util.keystr(k): float(np.asarray(v, np.float64).sum())
+        for k, v in jax.tree_util.tree_leaves_with_path(params)
+    }
     if pid == 0:
         with open(out, "w") as f:
             json.dump({"loss": float(metrics["loss"]), "param_sums": sums}, f)

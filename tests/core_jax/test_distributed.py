@@ -28,10 +28,23 @@ def test_two_process_train_step_matches_single_process(tmp_path):
     port, out = free_port(), tmp_path / "result.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests/core_jax/dist_worker.py"),
-                               str(port), str(i), str(out)], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests/core_jax/dist_worker.py"),
+                str(port),
+                str(i),
+                str(out),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     for p in procs:
         try:
@@ -46,11 +59,13 @@ def test_two_process_train_step_matches_single_process(tmp_path):
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
     state, sharding = init_sharded(create_state, mesh, jax.random.key(0))
     state, metrics = make_train_step(train_step, mesh=mesh, state_sharding=sharding)(
-        state, host_to_global(make_batch(0), mesh))
+        state, host_to_global(make_batch(0), mesh)
+    )
     np.testing.assert_allclose(result["loss"], float(metrics["loss"]), rtol=1e-5)
-    ref = {jax.tree_util.keystr(k): float(np.asarray(v, np.float64).sum())
-           for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))}
+    ref = {
+        jax.tree_util.keystr(k): float(np.asarray(v, np.float64).sum())
+        for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
+    }
     assert ref.keys() == result["param_sums"].keys()
     for k in ref:
-        np.testing.assert_allclose(result["param_sums"][k], ref[k], rtol=1e-4, atol=1e-4,
-                                   err_msg=k)
+        np.testing.assert_allclose(result["param_sums"][k], ref[k], rtol=1e-4, atol=1e-4, err_msg=k)

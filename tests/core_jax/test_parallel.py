@@ -22,8 +22,16 @@ from core_jax.train_state import TrainState
 
 needs8 = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
 
-CFG = TransformerConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                        mlp_dim=64, positions="rope", max_len=16)
+CFG = TransformerConfig(
+    vocab_size=64,
+    d_model=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=64,
+    positions="rope",
+    max_len=16,
+)
 
 
 def loss_fn(params, batch, model):
@@ -31,23 +39,32 @@ def loss_fn(params, batch, model):
     return masked_cross_entropy(logits, batch["targets"], batch["mask"])[0]
 
 
-def train_step(state, batch, model=Transformer(CFG)):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, model)
+MODEL = Transformer(CFG)
+
+
+def train_step(state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, MODEL)
     return state.apply_gradients(grads), {"loss": loss, "grads": grads}
 
 
 def make_batch(seed=0, b=8, length=16):
     rng = np.random.default_rng(seed)
     toks = rng.integers(0, CFG.vocab_size, (b, length + 1)).astype(np.int32)
-    return {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-            "mask": (rng.random((b, length)) > 0.2).astype(np.float32)}
+    return {
+        "inputs": toks[:, :-1],
+        "targets": toks[:, 1:],
+        "mask": (rng.random((b, length)) > 0.2).astype(np.float32),
+    }
 
 
 def create_state(key):
     model = Transformer(CFG)
     params = model.init(key, jnp.zeros((1, CFG.max_len), jnp.int32))["params"]
-    return TrainState.create(params=params, tx=make_optimizer(OptimizerConfig(peak_lr=1e-2)),
-                             rng=jax.random.fold_in(key, 1))
+    return TrainState.create(
+        params=params,
+        tx=make_optimizer(OptimizerConfig(peak_lr=1e-2)),
+        rng=jax.random.fold_in(key, 1),
+    )
 
 
 def run(mesh_cfg, devices, steps=2):
@@ -104,8 +121,9 @@ def test_train_step_does_not_retrace():
     mesh = make_mesh(MeshConfig(data=4, fsdp=2))
     state, sharding = init_sharded(create_state, mesh, jax.random.key(0))
     chex.clear_trace_counter()
-    step = make_train_step(chex.assert_max_traces(train_step, n=1), mesh=mesh,
-                           state_sharding=sharding)
+    step = make_train_step(
+        chex.assert_max_traces(train_step, n=1), mesh=mesh, state_sharding=sharding
+    )
     for i in range(3):
         state, _ = step(state, host_to_global(make_batch(i), mesh))
     assert int(state.step) == 3

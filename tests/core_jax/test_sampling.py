@@ -61,8 +61,11 @@ def test_restriction_never_emits_illegal_ids():
     hi = jnp.array([5, 13, 40])
     mask = jnp.zeros(40, bool).at[jnp.arange(0, 40, 3)].set(True)
     keys = jax.random.split(jax.random.key(6), 300)
-    draws = np.asarray(jax.vmap(lambda k: sample(k, logits, temperature=3.0, id_range=(lo, hi),
-                                                 allowed_mask=mask))(keys))
+    draws = np.asarray(
+        jax.vmap(
+            lambda k: sample(k, logits, temperature=3.0, id_range=(lo, hi), allowed_mask=mask)
+        )(keys)
+    )
     for b in range(3):
         legal = {i for i in range(int(lo[b]), int(hi[b])) if i % 3 == 0}
         assert set(draws[:, b]) <= legal
@@ -84,7 +87,7 @@ def test_restrict_logits_shape_mismatch():
 
 def test_sample_is_jittable_and_deterministic():
     logits = rand_logits(8)
-    f = jax.jit(lambda k, l, t, p: sample(k, l, temperature=t, top_k=5, top_p=p))
+    f = jax.jit(lambda k, x, t, p: sample(k, x, temperature=t, top_k=5, top_p=p))
     a = f(jax.random.key(1), logits, 1.0, 0.9)
     b = f(jax.random.key(1), logits, 1.0, 0.9)
     np.testing.assert_array_equal(a, b)

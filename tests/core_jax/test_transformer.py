@@ -22,8 +22,17 @@ BASE = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4, mlp_dim=48, ma
 # Every position scheme, MHA / GQA / MQA, every MLP and norm kind, tied and untied.
 VARIANTS = [
     dict(positions="none", num_kv_heads=4, mlp="geglu", norm="layernorm"),
-    dict(positions="learned", num_kv_heads=2, mlp="gelu", norm="layernorm", tie_embeddings=False,
-         qkv_bias=True, out_bias=True, mlp_bias=True, gelu_approximate=True),
+    dict(
+        positions="learned",
+        num_kv_heads=2,
+        mlp="gelu",
+        norm="layernorm",
+        tie_embeddings=False,
+        qkv_bias=True,
+        out_bias=True,
+        mlp_bias=True,
+        gelu_approximate=True,
+    ),
     dict(positions="rope", num_kv_heads=2, mlp="swiglu", norm="rmsnorm", tie_embeddings=False),
     dict(positions="rope", num_kv_heads=1, mlp="geglu", norm="rmsnorm", head_dim=16),
 ]
@@ -92,8 +101,9 @@ def test_param_count_formula(kw):
 
 def test_every_parameter_has_logical_axes():
     cfg = TransformerConfig(**{**BASE, **VARIANTS[1]})
-    boxed = jax.eval_shape(Transformer(cfg).init, jax.random.key(0),
-                           jnp.zeros((1, 4), jnp.int32))["params"]
+    boxed = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))[
+        "params"
+    ]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves
     for leaf in leaves:
@@ -179,10 +189,12 @@ def test_stochastic_depth():
     det = model.apply({"params": params}, tokens)
     again = model.apply({"params": params}, tokens, deterministic=True)
     np.testing.assert_array_equal(det, again)
-    s1 = model.apply({"params": params}, tokens, deterministic=False,
-                     rngs={"dropout": jax.random.key(1)})
-    s2 = model.apply({"params": params}, tokens, deterministic=False,
-                     rngs={"dropout": jax.random.key(2)})
+    s1 = model.apply(
+        {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(1)}
+    )
+    s2 = model.apply(
+        {"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(2)}
+    )
     assert not np.allclose(s1, det) and not np.allclose(s1, s2)
 
 
@@ -212,12 +224,17 @@ def test_generate_greedy_matches_uncached_loop():
     prompt = tokens[:, :6]
     lengths = jnp.array([6, 3, 4])
     new, count = jax.jit(generate, static_argnames=("model", "max_new_tokens"))(
-        model=model, params=params, key=jax.random.key(0), prompt=prompt,
-        max_new_tokens=7, lengths=lengths)
+        model=model,
+        params=params,
+        key=jax.random.key(0),
+        prompt=prompt,
+        max_new_tokens=7,
+        lengths=lengths,
+    )
     assert new.shape == (3, 7) and list(count) == [7, 7, 7]
     for b in range(3):
         seq = list(np.asarray(prompt[b, : lengths[b]]))
         for _ in range(7):
             logits = model.apply({"params": params}, jnp.array([seq]))
             seq.append(int(jnp.argmax(logits[0, -1])))
-        assert seq[int(lengths[b]):] == list(np.asarray(new[b]))
+        assert seq[int(lengths[b]) :] == list(np.asarray(new[b]))
