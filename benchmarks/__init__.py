@@ -1,0 +1,1 @@
+"""Benchmarks against reference implementations; run them with ``python -m benchmarks.run``."""
