@@ -295,10 +295,10 @@ class TextTokenizer:
 
     Load a trained model file, or train one from local text:
 
-        >>> tok = TextTokenizer.train(["some text", "more text"] * 200, vocab_size=64)
-        >>> ids = tok.encode("some text")          # np.int32 [n]
+        >>> tok = TextTokenizer.train(sentences, vocab_size=64)   # or a text file's path
+        >>> ids = tok.encode("pick up the red block")   # np.int32 [n]
         >>> tok.decode(ids)
-        'some text'
+        'pick up the red block'
 
     Args:
       model_proto: serialised SentencePiece model bytes.
@@ -340,7 +340,6 @@ class TextTokenizer:
         vocab_size: int = TEXT_VOCAB_SIZE,
         model_type: str = "unigram",
         character_coverage: float = 1.0,
-        seed: int = 0,
         **trainer_kwargs,
     ) -> TextTokenizer:
         """Trains a model from sentences in memory or a local text file (one sentence a line).
@@ -350,7 +349,6 @@ class TextTokenizer:
           vocab_size: number of pieces (32000 in the paper; tests use tiny ones).
           model_type: SentencePiece model type (``unigram`` or ``bpe``).
           character_coverage: SentencePiece ``character_coverage``.
-          seed: SentencePiece random seed (training is deterministic given it).
           **trainer_kwargs: passed to ``SentencePieceTrainer.train``.
 
         Returns:
@@ -367,20 +365,23 @@ class TextTokenizer:
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
-            random_seed=seed,
-            num_threads=1,
+            num_threads=1,  # one thread: training is deterministic
             minloglevel=2,
             **trainer_kwargs,
         )
         buf = io.BytesIO()
-        if isinstance(text, str | os.PathLike) and os.path.isfile(os.fspath(text)):
-            spm.SentencePieceTrainer.train(input=os.fspath(text), model_writer=buf, **kwargs)
+        if isinstance(text, str | os.PathLike):
+            if not os.path.isfile(os.fspath(text)):
+                raise FileNotFoundError(f"TextTokenizer.train: no text file at {text!r}")
+            source = dict(input=os.fspath(text))
             name = f"trained on {os.fspath(text)!r}"
         else:
-            if isinstance(text, str | os.PathLike):
-                raise FileNotFoundError(f"TextTokenizer.train: no text file at {text!r}")
-            spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buf, **kwargs)
+            source = dict(sentence_iterator=iter(text))
             name = "trained in memory"
+        try:
+            spm.SentencePieceTrainer.train(model_writer=buf, **source, **kwargs)
+        except RuntimeError as e:  # e.g. vocab_size larger than the text supports
+            raise ValueError(f"TextTokenizer.train: SentencePiece training failed: {e}") from e
         return cls(buf.getvalue(), name=name)
 
     def save(self, path: str | os.PathLike) -> None:
