@@ -20,6 +20,7 @@ import sys
 # Benchmark name -> module (with run(quick, ...) and summary(result)).
 BENCHMARKS = {
     "transformer_step": "benchmarks.transformer_step",
+    "gato_tokenize": "benchmarks.gato_tokenize",
 }
 
 
