@@ -1,4 +1,6 @@
 """Co-SA: cooperative sentiment agents for multimodal sentiment analysis.
 
-Specification: ../shared/spec/cosa.md. Built on core_jax; the implementation lands with issue 6.
+Specification: ../shared/spec/cosa.md (issue 6). Built on core_jax. Available so far: ``metrics``,
+``losses``, ``data``, ``synthetic``, ``replay`` and ``configs``; the model, training step and CLI
+are still to come.
 """
