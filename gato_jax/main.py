@@ -1,0 +1,243 @@
+"""Gato training CLI: ``python -m gato_jax.main --config NAME --workdir DIR [--num_steps N]``.
+
+Trains the named config (:func:`gato_jax.configs.get_config`) on a ``(data, fsdp, model)`` mesh,
+resuming from ``DIR`` automatically (orbax checkpoints hold the train state, the config and the
+data-iterator position, so a killed run continues bit for bit). Metrics go to
+``DIR/metrics.jsonl`` (``step``, ``loss``, per-kind losses/accuracies, learning rate, grad norm,
+tokens/s, TFLOP/s per device and MFU where the device's peak is known) and TensorBoard.
+
+``--dry_run`` compiles the train step ahead of time (``jax.jit(...).lower(...).compile()``) for
+the config and mesh and prints parameter, optimizer-state and activation (XLA temporary) memory
+per device without running a step.
+
+``--data synthetic`` (the only source so far) selects the built-in deterministic generator of
+mixed episodes (:mod:`gato_jax.synthetic`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from core_jax import config as config_lib
+from core_jax.checkpoint import Checkpointer
+from core_jax.metrics import MetricWriter, Throughput
+from core_jax.optim import make_optimizer, make_schedule
+from core_jax.parallel import (
+    batch_sharding,
+    host_to_global,
+    init_sharded,
+    initialize_distributed,
+    logical_sharding,
+    make_mesh,
+    make_train_step,
+)
+from core_jax.progress import progress
+from core_jax.train_state import TrainState
+from gato_jax.configs import CONFIG_NAMES, GatoConfig, get_config
+from gato_jax.configs.base import DATA_SOURCES
+from gato_jax.models import Gato, dummy_inputs, param_count
+from gato_jax.synthetic import SyntheticData
+from gato_jax.train import train_step
+
+
+def _create_fn(cfg: GatoConfig, model: Gato):
+    tx = make_optimizer(cfg.optim)
+    inputs = dummy_inputs(cfg.tokenizer, batch_size=1)
+
+    def create(key):
+        params = model.init(key, inputs)["params"]
+        return TrainState.create(params=params, tx=tx, rng=jax.random.fold_in(key, 1))
+
+    return create
+
+
+def _step_fn(cfg: GatoConfig, model: Gato):
+    return functools.partial(train_step, model=model, schedule=make_schedule(cfg.optim))
+
+
+def _bytes_per_device(tree: Any, shardings: Any) -> int:
+    total = 0
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
+        total += int(np.prod(s.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def dry_run(cfg: GatoConfig) -> dict[str, Any]:
+    """Compiles one train step ahead of time and reports memory per device (runs nothing).
+
+    Returns:
+      A dict of byte counts per device: ``params``, ``optimizer``, ``batch``, ``activations``
+      (XLA temporaries of the compiled step), plus ``param_count``, ``mesh``, ``compile_s``.
+    """
+    mesh = make_mesh(cfg.mesh)
+    model = Gato(cfg.model)
+    create = _create_fn(cfg, model)
+    abstract_boxed = jax.eval_shape(create, jax.random.key(cfg.seed))
+    sharding = logical_sharding(abstract_boxed, mesh, cfg.mesh.rules)
+    from flax import linen as nn
+
+    abstract = nn.meta.unbox(abstract_boxed)
+    state_in = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, sharding
+    )
+    batch = jax.eval_shape(lambda: dummy_inputs(cfg.tokenizer, cfg.batch_size))
+    batch_shard = jax.tree.map(lambda x: batch_sharding(mesh, cfg.mesh.rules, x.ndim), batch)
+    batch_in = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), batch, batch_shard
+    )
+    jitted = jax.jit(
+        _step_fn(cfg, model),
+        in_shardings=(sharding, batch_shard),
+        out_shardings=(sharding, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=(0,),
+    )
+    t0 = time.perf_counter()
+    compiled = jitted.lower(state_in, batch_in).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    report = {
+        "config_mesh": dict(mesh.shape),
+        "devices": mesh.size,
+        "param_count": param_count(cfg.model),
+        "params": _bytes_per_device(abstract.params, sharding.params),
+        "optimizer": _bytes_per_device(abstract.opt_state, sharding.opt_state),
+        "batch": _bytes_per_device(batch, batch_shard),
+        "activations": None if mem is None else int(mem.temp_size_in_bytes),
+        "compiled_args": None if mem is None else int(mem.argument_size_in_bytes),
+        "compile_s": compile_s,
+    }
+    return report
+
+
+def _fmt(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def print_dry_run(name: str, cfg: GatoConfig, r: dict[str, Any]) -> None:
+    print(
+        f"dry run: {name}, {r['param_count']:,} parameters, mesh {r['config_mesh']} "
+        f"({r['devices']} devices), global batch {cfg.batch_size} x {cfg.tokenizer.seq_len} "
+        f"tokens, compute {cfg.model.transformer.dtype}"
+    )
+    print("memory per device:")
+    print(f"  parameters       {_fmt(r['params'])}")
+    print(f"  optimizer state  {_fmt(r['optimizer'])}")
+    print(f"  batch            {_fmt(r['batch'])}")
+    print(f"  activations      {_fmt(r['activations'])} (XLA temporaries of the compiled step)")
+    print(f"compiled in {r['compile_s']:.1f} s; no step was run")
+
+
+def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, Any]:
+    """Trains ``cfg.num_steps`` steps (resuming from ``workdir``); returns the last metrics."""
+    workdir = os.path.abspath(workdir)
+    mesh = make_mesh(cfg.mesh)
+    model = Gato(cfg.model)
+    state, sharding = init_sharded(
+        _create_fn(cfg, model), mesh, jax.random.key(cfg.seed), rules=cfg.mesh.rules
+    )
+    data = SyntheticData(cfg)
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=cfg.max_to_keep,
+        save_interval_steps=cfg.checkpoint_every,
+    )
+    writer = MetricWriter(workdir)
+    cfg_dict = config_lib.to_dict(cfg)
+    if ckpt.latest_step() is not None:
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
+        )
+        restored = ckpt.restore(abstract)
+        if restored.config is not None and restored.config["model"] != cfg_dict["model"]:
+            raise ValueError(
+                f"{workdir} holds a checkpoint of a different model config; use a new --workdir"
+            )
+        state = restored.state
+        data.restore(restored.data_state)
+        writer.truncate_after(restored.step)
+        if not quiet:
+            print(f"Resumed from step {restored.step} in {ckpt.directory}")
+    step_fn = make_train_step(
+        _step_fn(cfg, model), mesh=mesh, state_sharding=sharding, rules=cfg.mesh.rules
+    )
+    seq_len = cfg.tokenizer.seq_len
+    tput = Throughput(
+        tokens_per_step=cfg.batch_size * seq_len,
+        flops_per_token=cfg.model.transformer.flops_per_token(seq_len),
+    )
+    start = int(state.step)
+    metrics: dict[str, Any] = {}
+    bar = progress(cfg.num_steps, desc="train", initial=start, disable=True if quiet else None)
+    for step in range(start, cfg.num_steps):
+        state, metrics = step_fn(state, host_to_global(next(data), mesh, cfg.mesh.rules))
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            metrics = jax.device_get(metrics)
+            rates = tput.update(done)
+            if done != start + 1:
+                metrics.update(rates)
+            writer.write(done, metrics)
+            bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+        ckpt.save(
+            done, state, config=cfg_dict, data_state=data.state(), force=done == cfg.num_steps
+        )
+        bar.update(1)
+    bar.close()
+    ckpt.wait_until_finished()
+    writer.close()
+    ckpt.close()
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help=f"one of {', '.join(CONFIG_NAMES)}")
+    parser.add_argument("--workdir", help="run directory (resumed if it holds a checkpoint)")
+    parser.add_argument("--num_steps", type=int, help="override the config's num_steps")
+    parser.add_argument("--data", choices=DATA_SOURCES, help="episode source (config.data)")
+    parser.add_argument("--dry_run", action="store_true", help="compile only; print memory")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set model.transformer.dtype=bfloat16 (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        cfg = get_config(args.config)
+        if args.num_steps is not None:
+            cfg = dataclasses.replace(cfg, num_steps=args.num_steps)
+        if args.data is not None:
+            cfg = dataclasses.replace(cfg, data=args.data)
+        cfg = config_lib.apply_overrides(cfg, args.set)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.dry_run:
+        print_dry_run(args.config, cfg, dry_run(cfg))
+        return 0
+    if not args.workdir:
+        parser.error("--workdir is required unless --dry_run")
+    initialize_distributed()
+    last = train(cfg, args.workdir, quiet=args.quiet)
+    if not args.quiet and last:
+        print(f"step {cfg.num_steps}: loss {last['loss']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
