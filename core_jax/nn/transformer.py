@@ -288,6 +288,18 @@ class Attention(nn.Module):
         return out, new_kv
 
 
+def gelu_exact(x: Array) -> Array:
+    """Exact (erf) GELU, ``0.5 x (1 + erf(x / sqrt(2)))``, PyTorch's ``F.gelu`` formula.
+
+    Same function as ``jax.nn.gelu(x, approximate=False)`` (which uses ``erfc``; the two agree to
+    ~1e-6 in fp32), but XLA:CPU vectorises ``erf`` into one polynomial, while ``erfc`` expands
+    into several branches: forward+backward of the GEGLU hidden layer is ~2.5x faster on CPU.
+    """
+    half = jnp.asarray(0.5, x.dtype)
+    sqrt_half = jnp.asarray(0.5**0.5, x.dtype)
+    return half * x * (1 + jax.lax.erf(x * sqrt_half))
+
+
 class Mlp(nn.Module):
     config: TransformerConfig
 
@@ -306,7 +318,7 @@ class Mlp(nn.Module):
                 bias_init=_init(names[1:], nn.initializers.zeros),
             )
 
-        gelu = lambda z: jax.nn.gelu(z, approximate=cfg.gelu_approximate)  # noqa: E731
+        gelu = (lambda z: jax.nn.gelu(z, approximate=True)) if cfg.gelu_approximate else gelu_exact
         if cfg.mlp == "gelu":
             hidden = gelu(dense("wi", cfg.mlp_dim, ("embed", "mlp"))(x))
         else:
