@@ -463,3 +463,46 @@ class Checkpointer:
 
     def __repr__(self) -> str:
         return f"Checkpointer({str(self.directory)!r})"
+
+
+def resume(
+    ckpt: Checkpointer,
+    state: PyTree,
+    sharding: PyTree,
+    *,
+    data: Any,
+    writer: Any,
+    config: Mapping,
+    check_key: str = "model",
+) -> tuple[PyTree, int | None]:
+    """Restores the latest checkpoint of a training run, if there is one (shared by every CLI).
+
+    Args:
+        ckpt: the run's checkpointer.
+        state: the freshly initialised train state (its shapes and dtypes are the target).
+        sharding: the state's ``NamedSharding`` tree; arrays are restored straight into it.
+        data: the data iterator; ``data.restore(data_state)`` is called with the saved position.
+        writer: the :class:`core_jax.metrics.MetricWriter`; lines after the restored step go.
+        config: this run's config as a dict; ``config[check_key]`` must equal the saved one.
+        check_key: the config entry that must not change across a resume.
+
+    Returns:
+        ``(state, restored_step)``: the input state and None when the run starts fresh.
+
+    Raises:
+        ValueError: the checkpoint was written with a different ``config[check_key]``.
+    """
+    if ckpt.latest_step() is None:
+        return state, None
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
+    )
+    restored = ckpt.restore(abstract)
+    if restored.config is not None and restored.config.get(check_key) != config.get(check_key):
+        raise ValueError(
+            f"{ckpt.directory} holds a checkpoint of a different {check_key} config; "
+            "use a new --workdir"
+        )
+    data.restore(restored.data_state)
+    writer.truncate_after(restored.step)
+    return restored.state, restored.step

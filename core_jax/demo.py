@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from core_jax import config as config_lib
-from core_jax.checkpoint import Checkpointer
+from core_jax.checkpoint import Checkpointer, resume
 from core_jax.losses import masked_cross_entropy
 from core_jax.metrics import MetricWriter, Throughput, plot_metrics
 from core_jax.nn import Transformer, TransformerConfig, generate
@@ -237,20 +237,9 @@ def train_and_evaluate(cfg: DemoConfig, workdir: str, *, quiet: bool = False) ->
     )
     writer = MetricWriter(workdir)
     cfg_dict = config_lib.to_dict(cfg)
-    if ckpt.latest_step() is not None:
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
-        )
-        restored = ckpt.restore(abstract)
-        if restored.config is not None and restored.config["model"] != cfg_dict["model"]:
-            raise ValueError(
-                f"{workdir} holds a checkpoint of a different model config; use a new --workdir"
-            )
-        state = restored.state
-        data.restore(restored.data_state)
-        writer.truncate_after(restored.step)
-        if not quiet:
-            print(f"Resumed from step {restored.step} in {ckpt.directory}")
+    state, resumed_at = resume(ckpt, state, sharding, data=data, writer=writer, config=cfg_dict)
+    if resumed_at is not None and not quiet:
+        print(f"Resumed from step {resumed_at} in {ckpt.directory}")
 
     step_fn = make_train_step(
         functools.partial(train_step, model=model, schedule=make_schedule(cfg.optim)),

@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from core_jax import config as config_lib
-from core_jax.checkpoint import Checkpointer
+from core_jax.checkpoint import Checkpointer, resume
 from core_jax.metrics import MetricWriter, Throughput
 from core_jax.optim import make_optimizer, make_schedule
 from core_jax.parallel import (
@@ -155,20 +155,9 @@ def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, An
     )
     writer = MetricWriter(workdir)
     cfg_dict = config_lib.to_dict(cfg)
-    if ckpt.latest_step() is not None:
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sharding
-        )
-        restored = ckpt.restore(abstract)
-        if restored.config is not None and restored.config["model"] != cfg_dict["model"]:
-            raise ValueError(
-                f"{workdir} holds a checkpoint of a different model config; use a new --workdir"
-            )
-        state = restored.state
-        data.restore(restored.data_state)
-        writer.truncate_after(restored.step)
-        if not quiet:
-            print(f"Resumed from step {restored.step} in {ckpt.directory}")
+    state, resumed_at = resume(ckpt, state, sharding, data=data, writer=writer, config=cfg_dict)
+    if resumed_at is not None and not quiet:
+        print(f"Resumed from step {resumed_at} in {ckpt.directory}")
     step_fn = make_train_step(
         _step_fn(cfg, model), mesh=mesh, state_sharding=sharding, rules=cfg.mesh.rules
     )
