@@ -1,0 +1,117 @@
+"""The environment contract shared by BabyAI, TextCraft, Maze and Wordle.
+
+Every environment is a static Python object (configuration, static tables) with two pure functions
+that jit and vmap:
+
+    state, ts = env.reset(key, idx)        # key: PRNG key, idx: int32 instance index (data_idx)
+    state, ts = env.step(state, action)    # action: int32 id into env's finite action set
+
+``TimeStep`` carries the observation as token ids of the environment tokenizer (`evol_jax.text`),
+fixed length ``env.max_obs_len`` plus a mask, the reward of this step, ``done`` (episode over:
+success, failure or round limit), ``truncated`` (ended by the round limit) and the legal-action mask
+over ``env.num_actions``. After ``done`` further steps leave the state unchanged and return
+reward 0.
+
+Host side: ``env.render_text(state)`` (the exact AgentGym string), ``env.action_text(id)`` and
+``env.action_from_text(text)`` (the original's sanitising; raises `InvalidAction` carrying the
+original's error message), ``env.max_rounds``.
+
+``agentgym_compat=True`` reproduces upstream quirks (see each env's docstring); the default is the
+corrected behaviour, and every reported number names the one used.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+class InvalidAction(ValueError):
+    """A text action the environment cannot parse; ``message`` is the original's reply text."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+@flax.struct.dataclass
+class TimeStep:
+    obs_tokens: jax.Array  # int32 [max_obs_len], PAD_ID past the text
+    obs_mask: jax.Array  # bool [max_obs_len]
+    reward: jax.Array  # float32 []
+    done: jax.Array  # bool []
+    truncated: jax.Array  # bool [], True when the round limit ended the episode
+    legal_actions: jax.Array  # bool [num_actions]
+    round: jax.Array  # int32 [], number of steps taken so far
+
+
+class Env(abc.ABC):
+    """Base class; subclasses set the attributes below in ``__init__``."""
+
+    name: str
+    num_actions: int
+    max_obs_len: int
+    max_rounds: int
+    agentgym_compat: bool
+    codec: Any  # evol_jax.text.TextCodec used for the observation tokens
+
+    @abc.abstractmethod
+    def reset(self, key: jax.Array, idx: jax.Array) -> tuple[Any, TimeStep]: ...
+
+    @abc.abstractmethod
+    def step(self, state: Any, action: jax.Array) -> tuple[Any, TimeStep]: ...
+
+    @abc.abstractmethod
+    def render_text(self, state: Any) -> str: ...
+
+    @abc.abstractmethod
+    def action_text(self, action: int) -> str: ...
+
+    @abc.abstractmethod
+    def action_from_text(self, text: str) -> int: ...
+
+    def observation_text(self, ts: TimeStep) -> str:
+        """Decodes a timestep's observation tokens back to text (host)."""
+        mask = jax.device_get(ts.obs_mask)
+        return self.codec.decode(jax.device_get(ts.obs_tokens)[mask])
+
+
+_REGISTRY: dict[str, Callable[..., Env]] = {}
+
+
+def register(name: str):
+    def deco(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def make(name: str, **options) -> Env:
+    """``evol_jax.envs.make("maze", agentgym_compat=True)``; names: see `available()`."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        # Import on demand so that one environment's import cost is not paid by the others.
+        import importlib
+
+        try:
+            importlib.import_module(f"evol_jax.envs.{key}")
+        except ModuleNotFoundError:
+            pass
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown environment {name!r}; available: {available()}")
+    return _REGISTRY[key](**options)
+
+
+def available() -> list[str]:
+    return ["babyai", "maze", "textcraft", "wordle"]
+
+
+def legal_or_first(legal: jax.Array) -> jax.Array:
+    """Index of the first legal action (0 if none): a safe default action for padding rows."""
+    return jnp.argmax(legal).astype(jnp.int32)
