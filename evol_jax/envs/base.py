@@ -12,6 +12,9 @@ success, failure or round limit), ``truncated`` (ended by the round limit) and t
 over ``env.num_actions``. After ``done`` further steps leave the state unchanged and return
 reward 0.
 
+Experts: ``env.expert_action(state)`` (pure, jittable) and ``env.expert_thought(state, action)``
+(host) drive AgentTraj export (`evol_jax.experts`).
+
 Host side: ``env.render_text(state)`` (the exact AgentGym string), ``env.action_text(id)`` and
 ``env.action_from_text(text)`` (the original's sanitising; raises `InvalidAction` carrying the
 original's error message), ``env.max_rounds``.
@@ -74,6 +77,14 @@ class Env(abc.ABC):
 
     @abc.abstractmethod
     def action_from_text(self, text: str) -> int: ...
+
+    @abc.abstractmethod
+    def expert_action(self, state: Any) -> jax.Array:
+        """The scripted expert's action id for ``state`` (pure, jittable, vmappable)."""
+
+    @abc.abstractmethod
+    def expert_thought(self, state: Any, action: int) -> str:
+        """Host: the ReAct ``Thought:`` text the expert writes before ``action``."""
 
     def observation_text(self, ts: TimeStep) -> str:
         """Decodes a timestep's observation tokens back to text (host)."""
