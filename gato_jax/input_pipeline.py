@@ -369,10 +369,13 @@ def parse_data_spec(text: str) -> tuple[Source, ...]:
         if "@" not in rest:
             raise ValueError(f"--data item {item!r}: missing '@DATA_DIR'")
         name, loc = rest.split("@", 1)
-        split = "train"
-        head, _, tail = loc.rpartition(":")
-        if head and "/" not in tail:
-            loc, split = head, tail
+        split, depth = "train", 0
+        for pos in range(len(loc) - 1, -1, -1):  # the last ':' outside [...] starts the split
+            depth += {"]": 1, "[": -1}.get(loc[pos], 0)
+            if loc[pos] == ":" and depth == 0:
+                if "/" not in loc[pos + 1 :]:
+                    loc, split = loc[:pos], loc[pos + 1 :]
+                break
         if not name or not loc or not split:
             raise ValueError(f"--data item {item!r}: empty name, data dir or split")
         try:

@@ -10,8 +10,23 @@ tokens/s, TFLOP/s per device and MFU where the device's peak is known) and Tenso
 the config and mesh and prints parameter, optimizer-state and activation (XLA temporary) memory
 per device without running a step.
 
-``--data synthetic`` (the only source so far) selects the built-in deterministic generator of
-mixed episodes (:mod:`gato_jax.synthetic`).
+``--data`` (config field ``data``) picks the episode source:
+
+* ``synthetic`` (default): the built-in deterministic generator of mixed episodes
+  (:mod:`gato_jax.synthetic`).
+* ``tfds:NAME@DATA_DIR[:SPLIT][*WEIGHT]``, comma-separated for a mixture: RLDS datasets prepared
+  by TFDS under ``DATA_DIR/NAME/VERSION`` (``NAME:VERSION`` pins a version; the split defaults to
+  ``train`` and takes TFDS slicing, e.g. ``train[:90%]``; rows draw their dataset with
+  probability proportional to ``WEIGHT``, default 1). ``array_record`` datasets are read without
+  TensorFlow; ``tfrecord`` ones need it. Episodes below 80% of their task's expert return are
+  dropped (``--set expert_fraction=0`` keeps all); ``--set data_threads=N`` sets the loader
+  threads. See :mod:`gato_jax.input_pipeline`. Example::
+
+      python -m gato_jax.main --config gato_tiny --workdir /tmp/run \
+          --data 'tfds:cartpole@/data/rlds*3,tfds:pendulum@/data/rlds:train[:90%]*1'
+
+Either source is deterministic given ``seed`` and checkpointed with the run (its position is
+saved as the checkpoint's data state), so a resumed run sees the same batches.
 """
 
 from __future__ import annotations
@@ -46,7 +61,6 @@ from core_jax.parallel import (
 from core_jax.progress import progress
 from core_jax.train_state import TrainState
 from gato_jax.configs import CONFIG_NAMES, GatoConfig, get_config
-from gato_jax.configs.base import DATA_SOURCES
 from gato_jax.models import Gato, dummy_inputs, param_count
 from gato_jax.synthetic import SyntheticData
 from gato_jax.train import train_step
@@ -139,6 +153,15 @@ def print_dry_run(name: str, cfg: GatoConfig, r: dict[str, Any]) -> None:
     print(f"compiled in {r['compile_s']:.1f} s; no step was run")
 
 
+def make_data(cfg: GatoConfig):
+    """The run's host-batch iterator (``state()`` / ``restore()`` for checkpoints)."""
+    if cfg.data == "synthetic":
+        return SyntheticData(cfg)
+    from gato_jax import input_pipeline  # imports TFDS only for TFDS sources
+
+    return input_pipeline.from_config(cfg)
+
+
 def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, Any]:
     """Trains ``cfg.num_steps`` steps (resuming from ``workdir``); returns the last metrics."""
     workdir = os.path.abspath(workdir)
@@ -147,7 +170,7 @@ def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, An
     state, sharding = init_sharded(
         _create_fn(cfg, model), mesh, jax.random.key(cfg.seed), rules=cfg.mesh.rules
     )
-    data = SyntheticData(cfg)
+    data = make_data(cfg)
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=cfg.max_to_keep,
@@ -195,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help=f"one of {', '.join(CONFIG_NAMES)}")
     parser.add_argument("--workdir", help="run directory (resumed if it holds a checkpoint)")
     parser.add_argument("--num_steps", type=int, help="override the config's num_steps")
-    parser.add_argument("--data", choices=DATA_SOURCES, help="episode source (config.data)")
+    parser.add_argument(
+        "--data",
+        help="episode source (config.data): 'synthetic' or "
+        "'tfds:NAME@DATA_DIR[:SPLIT][*WEIGHT][,...]' (see the module docstring)",
+    )
     parser.add_argument("--dry_run", action="store_true", help="compile only; print memory")
     parser.add_argument(
         "--set",

@@ -84,8 +84,14 @@ class GatoConfig:
       num_steps: micro-steps to run.
       seed: initialisation, data order and stochastic depth.
       data: episode source; ``synthetic`` is the built-in deterministic generator of mixed
-        control / image episodes (:mod:`gato_jax.synthetic`).
+        control / image episodes (:mod:`gato_jax.synthetic`); otherwise a mixture of RLDS TFDS
+        datasets ``tfds:NAME@DATA_DIR[:SPLIT][*WEIGHT][,...]``
+        (:func:`gato_jax.input_pipeline.parse_data_spec`).
       synthetic_steps: timesteps per synthetic episode.
+      expert_fraction: TFDS sources keep episodes with return ``>=`` this fraction of their
+        task's expert return (spec section 7: 0.8; 0 keeps all).
+      data_threads: grain threads loading TFDS batches (0: in the training thread).
+      data_prefetch: TFDS batches loaded ahead.
       log_every, checkpoint_every, max_to_keep: intervals in steps / checkpoints kept.
     """
 
@@ -98,6 +104,9 @@ class GatoConfig:
     seed: int = 0
     data: str = "synthetic"
     synthetic_steps: int = 32
+    expert_fraction: float = 0.8
+    data_threads: int = 4
+    data_prefetch: int = 4
     log_every: int = 100
     checkpoint_every: int = 1000
     max_to_keep: int = 2
@@ -123,7 +132,16 @@ class GatoConfig:
         if self.checkpoint_every < 1 or self.max_to_keep < 1:
             bad("checkpoint_every", "checkpoint_every and max_to_keep must be >= 1")
         if self.data not in DATA_SOURCES:
-            bad("data", f"unknown source; choose one of {DATA_SOURCES}")
+            from gato_jax.input_pipeline import parse_data_spec  # light: tfds loads on use
+
+            try:
+                parse_data_spec(self.data)
+            except ValueError as e:
+                bad("data", f"choose one of {DATA_SOURCES} or a TFDS mixture ({e})")
+        if not 0.0 <= self.expert_fraction <= 1.0:
+            bad("expert_fraction", "must lie in [0, 1]")
+        if self.data_threads < 0 or self.data_prefetch < 1:
+            bad("data_threads", "data_threads must be >= 0 and data_prefetch >= 1")
 
 
 def paper_optimizer(peak_lr: float, *, warmup_steps: int, decay_steps: int) -> OptimizerConfig:
