@@ -921,13 +921,24 @@ class WordleEnv(Env):
             raise InvalidAction(INVALID_TEXT)
         return self._index[word]
 
-    def step_text(self, state: WordleState, text: str) -> tuple[WordleState, TimeStep]:
-        """Host: one step from the exact string an agent sent (invalid strings still count)."""
+    def step_text(self, state: WordleState, text: str) -> tuple[WordleState, TimeStep, str]:
+        """Host: one step from the exact string an agent sent (invalid strings still count).
+
+        Returns:
+          ``(state, timestep, observation_text)`` (the server's reply text).
+        """
         try:
             action = self.action_from_text(text)
         except InvalidAction:
             action = INVALID_ACTION
-        return self.step(state, jnp.int32(action))
+        state, ts = self._jit_step(state, jnp.int32(action))
+        return state, ts, self.render_text(state)
+
+    @property
+    def _jit_step(self):
+        if not hasattr(self, "_jit_step_fn"):
+            self._jit_step_fn = jax.jit(self.step)
+        return self._jit_step_fn
 
     def filtered_words(self, state: WordleState) -> list[str]:
         """``GET /wordle/filtered_vocab``: consistent words in vocabulary order."""

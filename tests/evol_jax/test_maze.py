@@ -92,7 +92,8 @@ def test_parity_every_transcript_record(env, fns):
 def test_step_text_matches_action_ids(env):
     state, _ = env.reset(jax.random.key(0), 3)
     for text in ["move right", "move right ", "Move right", "move\tright", "move right\n", ""]:
-        s1, t1 = env.step_text(state, text)
+        s1, t1, obs = env.step_text(state, text)
+        assert obs == env.render_text(s1)
         try:
             a = env.action_from_text(text)
         except M.InvalidAction:
