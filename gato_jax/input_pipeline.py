@@ -578,7 +578,7 @@ class RLDSDataset:
 
     Attributes:
       spec: the :class:`EpisodeSpec`.
-      num_episodes: episodes in the split; ``returns`` ``[num_episodes]`` (NaN without rewards);
+      num_episodes: episodes in the split; ``returns`` ``[num_episodes]`` (NaN when not filtering);
       kept: indices (into the split) after filtering; ``shard``: this process's part of it.
       tasks: ``[num_episodes]`` task names; ``by_task``: task -> indices in ``shard``.
     """
@@ -659,16 +659,21 @@ class RLDSDataset:
         if n == 0:
             raise DataError(f"dataset {name!r}: split {source.split!r} has no episodes")
         self.num_episodes = n
-        if self._memory is None:
+        filtering = self.has_reward and expert_fraction > 0
+        if self._memory is None and not (filtering or self._task_in_meta):
+            self.returns, self.tasks = np.full(n, np.nan), [source.name] * n
+        elif self._memory is None:
+            # One pass over the split (every process: the expert return is a statistic of the
+            # whole task, in collection order); it decodes whole episodes.
             returns, tasks = [], []
             for i in range(n):
                 ep = self._source[i]
-                returns.append(self._return(ep["steps"]) if self.has_reward else np.nan)
+                returns.append(self._return(ep["steps"]) if filtering else np.nan)
                 tasks.append(self._task(ep))
             self.returns, self.tasks = np.asarray(returns, np.float64), tasks
         else:
             self.returns, self.tasks = self._scan
-        if self.has_reward and expert_fraction > 0:
+        if filtering:
             keep = expert_filter(self.returns, self.tasks, expert_fraction)
         else:
             keep = np.ones(n, bool)

@@ -414,3 +414,29 @@ def test_cli_trains_on_tfds_and_resumes_bit_for_bit(data, tmp_path):
     for step in range(1, 7):
         for key in ("loss", "num_tokens", "grad_norm"):
             assert got[step][key] == ref[step][key], (step, key)
+
+
+def test_instruction_metadata_becomes_a_text_observation(tmp_path):
+    from gato_jax.tokenizer import TextTokenizer
+
+    rng = np.random.default_rng(0)
+    letters = list("abcdefgh")
+    corpus = [" ".join("".join(rng.choice(letters, 3)) for _ in range(3)) for _ in range(300)]
+    tok = TextTokenizer.train(corpus, vocab_size=30)
+    eps = make_episodes(n=3)
+    for i, e in enumerate(eps):
+        e["episode_metadata"] = {"task": "push", "instruction": corpus[i]}
+    d = tmp_path / "tfds"
+    ip.write_rlds_dataset(eps, d, "instructed")
+    src = ip.Source("instructed", str(d), instruction_key="instruction", instruction_tokens=12)
+    ds = ip.RLDSDataset(src, CFG, expert_fraction=0, text_tokenizer=tok)
+    assert ds.spec.observation[0].name == "observation/instruction"  # text comes first
+    raw, n = ds.episode(1)
+    assert raw["observation"]["instruction"] == [corpus[1]] * n
+    arrays = ds.encode(raw, 1)
+    ids = tok.encode(corpus[1])
+    np.testing.assert_array_equal(arrays.text_lengths["observation/instruction"], len(ids))
+    np.testing.assert_array_equal(arrays.values["observation/instruction"][:, : len(ids)][0], ids)
+    bad = dataclasses.replace(src, instruction_key="goal")
+    with pytest.raises(ip.DataError, match=r"'instructed': field episode_metadata/goal missing"):
+        ip.RLDSDataset(bad, CFG, text_tokenizer=tok)
