@@ -45,16 +45,21 @@ class Llama2Format:
     Attributes:
       bos: the beginning-of-sequence string (recognised as a special token by the tokenizer).
       eos: the end-of-sequence string; it ends every assistant turn and carries its loss.
+      assistant_space: start assistant turns with a space (the format's text). The official
+        trainer tokenises ``"{value}</s>"`` without it and relies on the Llama-2 SentencePiece
+        tokenizer's dummy prefix to produce the word-initial ``"▁"``; set False with such a
+        tokenizer (one that prepends ``"▁"`` to every encoded text) to get the official ids.
     """
 
     bos: str = "<s>"
     eos: str = "</s>"
+    assistant_space: bool = True
 
     def human(self, value: str) -> str:
         return f"{self.bos}[INST] {value} [/INST]"
 
     def assistant(self, value: str) -> str:
-        return f" {value}{self.eos}"
+        return f"{' ' if self.assistant_space else ''}{value}{self.eos}"
 
 
 LLAMA2 = Llama2Format()
