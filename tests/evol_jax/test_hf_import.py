@@ -273,3 +273,29 @@ def test_tokenizer_matches_transformers(tmp_path):
         ours.decode([ours.vocab_size])
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         HFTokenizer.from_dir(str(tmp_path / "nowhere"))
+
+
+def test_bf16_checkpoint_and_dtypes(checkpoints, tmp_path):
+    path, hf_model = checkpoints["llama"]
+    bf16 = str(tmp_path / "bf16")
+    hf_model.to(torch.bfloat16).save_pretrained(bf16)
+    hf_model.to(torch.float32)
+    make_tokenizer(bf16)
+    config, params, _ = load_hf_checkpoint(bf16, param_dtype="float32", dtype="bfloat16")
+    assert config.dtype == "bfloat16" and config.param_dtype == "float32"
+    ref = hf_model.model.layers[0].self_attn.q_proj.weight.detach().to(torch.bfloat16).float()
+    want = ref.numpy().T.reshape(64, 4, 16)
+    np.testing.assert_array_equal(np.asarray(params["layer_0"]["attn"]["query"]["kernel"]), want)
+    _, params16, _ = load_hf_checkpoint(bf16, param_dtype="bfloat16", tokenizer=False)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params16))
+
+
+def test_gpt2_max_len_override(checkpoints):
+    path, hf_model = checkpoints["gpt2"]
+    config, params, _ = load_hf_checkpoint(path, max_len=16, tokenizer=False)
+    assert config.max_len == 16 and params["pos_embedding"].shape == (16, 64)
+    ids = np.random.default_rng(4).integers(0, config.vocab_size, (1, 16)).astype(np.int32)
+    ours = np.asarray(Transformer(config).apply({"params": params}, jnp.asarray(ids)))
+    np.testing.assert_allclose(ours, _hf_logits(hf_model, ids), atol=1e-4, rtol=0)
+    with pytest.raises(HFImportError, match="n_positions=64"):
+        load_hf_checkpoint(path, max_len=65, tokenizer=False)

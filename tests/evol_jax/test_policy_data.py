@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,9 +213,13 @@ def test_next_token_targets_respect_segments():
     assert targets.tolist() == [[6, 7, 8, 9, 0, 0, 0]]
     # Position 2 (last of a) must not learn b's first token; b's first token is no target.
     assert weights.tolist() == [[1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]]
-    jt, jw = jax.jit(next_token_targets)({k: jnp.asarray(v) for k, v in batch.items()})
+    fn = jax.jit(chex.assert_max_traces(next_token_targets, n=1))
+    jt, jw = fn({k: jnp.asarray(v) for k, v in batch.items()})
     np.testing.assert_array_equal(np.asarray(jt), targets)
     np.testing.assert_array_equal(np.asarray(jw), weights)
+    other = pack_rows([[b, a]], seq_len=7)
+    jt, jw = fn({k: jnp.asarray(v) for k, v in other.items()})  # same shapes: no retrace
+    assert np.asarray(jw).tolist() == [[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]]
 
 
 def test_packed_logits_equal_unpacked():
