@@ -219,7 +219,7 @@ def test_next_token_targets_respect_segments():
     np.testing.assert_array_equal(np.asarray(jw), weights)
     other = pack_rows([[b, a]], seq_len=7)
     jt, jw = fn({k: jnp.asarray(v) for k, v in other.items()})  # same shapes: no retrace
-    assert np.asarray(jw).tolist() == [[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]]
+    assert np.asarray(jw).tolist() == [[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
 
 
 def test_packed_logits_equal_unpacked():
