@@ -299,3 +299,22 @@ def test_gpt2_max_len_override(checkpoints):
     np.testing.assert_allclose(ours, _hf_logits(hf_model, ids), atol=1e-4, rtol=0)
     with pytest.raises(HFImportError, match="n_positions=64"):
         load_hf_checkpoint(path, max_len=65, tokenizer=False)
+
+
+def test_tied_head_written_anyway(checkpoints, tmp_path):
+    import shutil
+
+    src, _ = checkpoints["qwen2"]  # tie_word_embeddings=True: no lm_head.weight on disk
+    from safetensors.numpy import load_file
+
+    emb = load_file(os.path.join(src, "model.safetensors"))["model.embed_tokens.weight"]
+    same = str(tmp_path / "same")
+    shutil.copytree(src, same)
+    _rewrite(same, add={"lm_head.weight": emb.copy()})
+    _, p_same, _ = load_hf_checkpoint(same, tokenizer=False)
+    assert "lm_head" not in p_same
+    differs = str(tmp_path / "differs")
+    shutil.copytree(src, differs)
+    _rewrite(differs, add={"lm_head.weight": emb + 1.0})
+    with pytest.raises(HFImportError, match="lm_head.weight differs"):
+        load_hf_checkpoint(differs, tokenizer=False)
