@@ -9,8 +9,14 @@ insertion policies (spec section 2/3):
   time: before an append that finds the list full (``len == capacity``), the oldest
   ``capacity // 2`` entries are deleted (``buffer = buffer[capacity // 2:]``). Entries are kept
   oldest-first at positions ``[0, size)``.
+* ``drop_half_batch`` (code-compat training): the official ``ReplayBuffer.add_batch`` exactly: a
+  batch of ``k`` is appended whole if ``size + k < capacity``; otherwise the oldest
+  ``size // 2`` entries are deleted first (``del buffer[:len(buffer) // 2]``). With ``k = 128``
+  and capacity 1000 the sizes run 128, ..., 896, 576, 704, 832, 960, 608, ... Needs
+  ``k <= capacity // 2``.
 
-Sampling draws indices uniformly *with replacement* from the valid entries.
+Sampling draws indices uniformly from the valid entries, with replacement by default or without
+(``replace=False``, the official ``np.random.choice(count, batch_size, replace=False)``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import jax.numpy as jnp
 from flax import struct
 
 POLICIES = ("ring", "drop_half")
+ALL_POLICIES = POLICIES + ("drop_half_batch",)
 
 
 @struct.dataclass
@@ -50,20 +57,22 @@ def init_buffer(example: object, capacity: int, policy: str = "ring") -> ReplayB
     Args:
       example: pytree of arrays for one transition (shapes and dtypes are copied).
       capacity: number of slots (official 1000).
-      policy: ``"ring"`` or ``"drop_half"``.
+      policy: ``"ring"``, ``"drop_half"`` or ``"drop_half_batch"``.
 
     Returns:
       The empty :class:`ReplayBuffer`.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown replay policy {policy!r}; expected one of {POLICIES}")
+    if policy not in ALL_POLICIES:
+        raise ValueError(f"unknown replay policy {policy!r}; expected one of {ALL_POLICIES}")
     if capacity < 2:
         raise ValueError(f"capacity must be >= 2, got {capacity}")
     data = jax.tree_util.tree_map(
         lambda x: jnp.zeros((capacity,) + jnp.shape(x), jnp.asarray(x).dtype), example
     )
-    zero = jnp.zeros((), jnp.int32)
-    return ReplayBuffer(data=data, size=zero, pos=zero, policy=policy)
+    # two distinct buffers: a donating jit must not see one buffer twice
+    return ReplayBuffer(
+        data=data, size=jnp.zeros((), jnp.int32), pos=jnp.zeros((), jnp.int32), policy=policy
+    )
 
 
 def add_batch(buf: ReplayBuffer, batch: object) -> ReplayBuffer:
@@ -98,6 +107,22 @@ def add_batch(buf: ReplayBuffer, batch: object) -> ReplayBuffer:
             pos=((buf.pos + k) % cap).astype(jnp.int32),
         )
 
+    if buf.policy == "drop_half_batch":
+        if k > cap // 2:
+            raise ValueError(f"drop_half_batch: batch {k} exceeds capacity // 2 = {cap // 2}")
+        full = buf.size + k >= cap
+        drop = jnp.where(full, buf.size // 2, 0)
+        size = buf.size - drop
+        data = jax.tree_util.tree_map(
+            lambda d, x: jax.lax.dynamic_update_slice_in_dim(
+                jnp.roll(d, -drop, axis=0), x.astype(d.dtype), size, 0
+            ),
+            buf.data,
+            batch,
+        )
+        size = (size + k).astype(jnp.int32)
+        return buf.replace(data=data, size=size, pos=size)
+
     half = cap // 2
 
     def one(carry, item):
@@ -119,18 +144,25 @@ def add_batch(buf: ReplayBuffer, batch: object) -> ReplayBuffer:
     return buf.replace(data=data, size=size.astype(jnp.int32), pos=size.astype(jnp.int32))
 
 
-def sample(buf: ReplayBuffer, key: jax.Array, batch_size: int) -> object:
-    """Draw ``batch_size`` transitions uniformly with replacement from the valid entries.
+def sample(buf: ReplayBuffer, key: jax.Array, batch_size: int, replace: bool = True) -> object:
+    """Draw ``batch_size`` transitions uniformly from the valid entries.
 
     Args:
       buf: a non-empty buffer (sampling an empty one returns slot 0, which is zeros).
       key: PRNG key.
       batch_size: number of transitions.
+      replace: with replacement (default) or without; without replacement needs
+        ``size >= batch_size`` (otherwise invalid slots fill the remainder).
 
     Returns:
       Pytree of arrays ``(batch_size, ...)``.
     """
-    idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buf.size, 1))
+    if replace:
+        idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buf.size, 1))
+    else:
+        u = jax.random.uniform(key, (buf.capacity,))
+        u = jnp.where(jnp.arange(buf.capacity) < buf.size, u, 2.0)
+        idx = jnp.argsort(u)[:batch_size]
     return jax.tree_util.tree_map(lambda d: d[idx], buf.data)
 
 
@@ -144,7 +176,7 @@ def valid_items(buf: ReplayBuffer) -> object:
       Pytree of arrays ``(size, ...)`` in insertion order.
     """
     size, cap = int(buf.size), buf.capacity
-    if buf.policy == "drop_half" or size < cap:
+    if buf.policy != "ring" or size < cap:
         order = jnp.arange(size)
     else:
         order = (int(buf.pos) + jnp.arange(cap)) % cap

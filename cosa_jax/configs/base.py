@@ -4,9 +4,9 @@ Two modes (spec section 3): ``paper`` (full disentanglement, correct reward, wor
 ``code-compat`` (the August 2024 official code with its quirks). :func:`make_config` fills in
 both modes for each dataset; the named configs in this package call it.
 
-The model and training step that consume ``ModelConfig``/``SACConfig``/``TrainConfig`` are not
-implemented yet (issue 6); ``DataConfig`` and ``LossConfig`` map onto ``cosa_jax.data`` and
-``cosa_jax.losses``.
+``ModelConfig`` is consumed by ``cosa_jax.models``; ``SACConfig``/``TrainConfig`` by
+``cosa_jax.train`` and ``cosa_jax.main``; ``DataConfig`` and ``LossConfig`` map onto
+``cosa_jax.data`` and ``cosa_jax.losses``.
 """
 
 from __future__ import annotations
@@ -71,9 +71,12 @@ class ModelConfig:
       fusion: ``add`` (average of the three pooled vectors, official) or ``cat``.
       dpsr_residual: residual connection around the DPSR block (paper mode; the official block
         has none, so its output is nearly constant over time and DPSR sits at its ceiling).
-      advice_temperature: temperature of the cross-modal cosine "advice" softmax; the official
-        value saturates to exactly 1.0 on "self" in float32 (no effect); paper mode uses a
-        usable one.
+      advice_temperature: temperature of the cross-modal cosine "advice" mixing softmax.
+      advice_reduce: ``sum`` (official: similarities summed over all step pairs, so the weight
+        on "self" is exactly 1.0 in float32 and the advice has no effect) or ``mean`` (paper
+        mode: mean similarities, a usable mixture); see ``cosa_jax.models.advice``.
+      ff_dim: feed-forward width of the actor/critic transformer layers (PyTorch's default
+        2048 in the official code).
       shared_layer_init: build the three per-modality actor/critic layers from one initial
         value (the official code's single layer object).
     """
@@ -83,13 +86,17 @@ class ModelConfig:
     head_dropout: float = 0.1
     fusion: str = "add"
     dpsr_residual: bool = True
-    advice_temperature: float = 0.1
+    advice_temperature: float = 1.0
+    advice_reduce: str = "mean"
+    ff_dim: int = 2048
     shared_layer_init: bool = False
 
     def __post_init__(self):
         _check(self.fusion in ("add", "cat"), f"model.fusion={self.fusion!r}: 'add' or 'cat'")
         _check(self.emb_dim % self.num_heads == 0, "model.emb_dim must divide by num_heads")
         _check(self.advice_temperature > 0, "model.advice_temperature must be > 0")
+        _check(self.advice_reduce in ("sum", "mean"), f"model.advice_reduce={self.advice_reduce!r}")
+        _check(self.ff_dim > 0, "model.ff_dim must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +135,16 @@ class SACConfig:
       gamma: TD discount (official 0.5).
       tau: soft target-update rate (official 0.01).
       buffer_capacity: replay buffer size (official 1000).
-      drop_half_when_full: official buffer drops the oldest half when full; otherwise a ring.
+      drop_half_when_full: the official buffer (``add_batch``: drop the oldest half when the next
+        batch would fill it; ``cosa_jax.replay`` policy ``drop_half_batch``, sampled without
+        replacement); otherwise a ring sampled with replacement.
       copy_targets: initialise target networks as copies of the online ones (the official code
         does not).
       critic_loss: ``l1`` (official) or ``l2``.
       reward_mode: ``paper`` or ``code-compat`` for ``cosa_jax.losses.iemocap_reward``.
+      state_with_previous_action: the policy's state is the agents' features weighted by the
+        previous step's action (the official MDP: ``s_k = fused(feats_k, a_{k-1})``, while
+        evaluation acts on the raw features); otherwise the raw features (paper mode).
     """
 
     gamma: float = 0.5
@@ -142,6 +154,7 @@ class SACConfig:
     copy_targets: bool = True
     critic_loss: str = "l1"
     reward_mode: str = "paper"
+    state_with_previous_action: bool = False
 
     def __post_init__(self):
         _check(0.0 <= self.gamma <= 1.0 and 0.0 < self.tau <= 1.0, "sac.gamma/tau out of range")
@@ -239,7 +252,12 @@ def make_config(dataset: str, mode: str) -> CoSAConfig:
         name=name,
         mode=mode,
         data=_DATA[dataset],
-        model=ModelConfig(dpsr_residual=False, advice_temperature=1.0, shared_layer_init=True),
+        model=ModelConfig(dpsr_residual=False, advice_reduce="sum", shared_layer_init=True),
         loss=LossConfig(a1=9.0, a2=0.0, a3=10.0, a4=9.0, use_msd=False, dpsr_mode=mode),
-        sac=SACConfig(drop_half_when_full=True, copy_targets=False, reward_mode=mode),
+        sac=SACConfig(
+            drop_half_when_full=True,
+            copy_targets=False,
+            reward_mode=mode,
+            state_with_previous_action=True,
+        ),
     )
