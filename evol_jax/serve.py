@@ -125,6 +125,7 @@ class EnvService:
     prefix = ""
     hello = "This is environment {name}."
     index_field = "data_idx"
+    index_default: int | None = None  # None: the reset field is required
     has_close = True
     finished_guard = True
 
@@ -180,7 +181,8 @@ class EnvService:
 
     def reset(self, body) -> Any:
         sid = _field(body, "id", int)
-        idx = _field(body, self.index_field, int)
+        idx = _field(body, self.index_field, int, required=self.index_default is None)
+        idx = self.index_default if idx is None else idx
         try:
             sess = self.check(sid, is_reset=True)
             state, ts, message = self.env_reset(idx)
@@ -361,6 +363,7 @@ class TextCraftService(EnvService):
 
     hello = "This is environment TextCraft."
     finished_guard = False
+    index_default = 0  # upstream's body model defaults data_idx to 0
 
     def create(self, body):
         payload = super().create(body)

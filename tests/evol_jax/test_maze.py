@@ -91,6 +91,7 @@ def test_parity_every_transcript_record(env, fns):
 
 def test_step_text_matches_action_ids(env):
     state, _ = env.reset(jax.random.key(0), 3)
+    step = jax.jit(env.step)
     for text in ["move right", "move right ", "Move right", "move\tright", "move right\n", ""]:
         s1, t1, obs = env.step_text(state, text)
         assert obs == env.render_text(s1)
@@ -98,7 +99,7 @@ def test_step_text_matches_action_ids(env):
             a = env.action_from_text(text)
         except M.InvalidAction:
             a = -1
-        s2, t2 = env.step(state, jnp.int32(a))
+        s2, t2 = step(state, jnp.int32(a))
         chex.assert_trees_all_equal((s1, t1), (s2, t2))
     assert env.action_from_text("move right") == 1
     with pytest.raises(M.InvalidAction, match="not a maze move"):
@@ -149,19 +150,20 @@ def test_failure_after_max_steps():
     assert bool(ts.done) and list(np.asarray(state.pos)) == [1, 1]  # Failure before moving
 
 
-def _expert_rollout(env, idx, steps):
+def _expert_rollout(env, step, idx, steps):
     state, ts = env.reset(jax.random.key(0), idx)
     for _ in range(steps):
-        state, ts = env.step(state, env.expert_action(state))
+        state, ts = step(state)
     return state, ts
 
 
 def test_expert_solves_every_start_in_shortest_steps():
     env = make("maze")
+    step = jax.jit(lambda s: env.step(s, env.expert_action(s)))
     for idx in range(M.NUM_PLAYABLE):
         r, c = M.START_POSITIONS[idx]
         d = int(M.DISTANCE[r, c])
-        state, ts = _expert_rollout(env, idx, d)
+        state, ts = _expert_rollout(env, step, idx, d)
         assert bool(state.success) and float(ts.reward) == 1.0, idx
         assert int(state.round) == d
         assert "shortest path" in env.expert_thought(env.reset(jax.random.key(0), idx)[0], 1)
