@@ -3,10 +3,12 @@
 One `AgentGymClient` holds one aiohttp connection pool to one server and talks to many env ids at
 once: AgentGym's own client runs one episode per process, one blocking call per step.
 
->>> async def main():
-...     async with AgentGymClient("http://127.0.0.1:36001", env="maze") as client:
-...         batch = await client.run_episodes(range(25), policy, max_rounds=15, concurrency=16)
-...     print(batch.success_rate, sorted(batch.failed))
+::
+
+    async def main(policy):  # policy(idx, observation, history) -> action text
+        async with AgentGymClient("http://127.0.0.1:36001", env="maze") as client:
+            batch = await client.run_episodes(range(25), policy, max_rounds=15, concurrency=16)
+        print(batch.success_rate, sorted(batch.failed))
 
 Behaviour:
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
@@ -192,8 +193,11 @@ def test_server_killed_mid_episode_reports_failures_and_keeps_data():
         text=True,
     )
     try:
+        ready = selectors.DefaultSelector()
+        ready.register(proc.stdout, selectors.EVENT_READ)
+        assert ready.select(timeout=300), "evol_jax.serve did not start within 300 s"
         line = proc.stdout.readline()
-        assert line.startswith("EVOL_JAX_SERVE_READY"), line
+        assert line.startswith("EVOL_JAX_SERVE_READY"), f"server start failed: {line!r}"
         base = line.split()[1]
         killed = {}
 
