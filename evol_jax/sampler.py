@@ -1,0 +1,476 @@
+"""Device sampler: the policy LM and a JAX environment in one compiled loop.
+
+Per row (one episode) the conversation prefix (AgentGym's instruction, the canned ``"Ok."``, the
+first observation and the opening of the assistant turn) is prefilled into a KV cache. Then one
+``lax.scan`` over rounds, entirely on device:
+
+1. the action is decoded token by token under a prefix mask over the env's *legal* actions: the
+   action texts, tokenised with the policy tokenizer and closed by ``</s>``, form a padded table
+   ``[num_actions, max_action_len]``; at step ``j`` only tokens ``table[a, j]`` of actions ``a``
+   still consistent with the tokens drawn so far are allowed. ``</s>`` makes the set prefix-free,
+   so the drawn sequence names exactly one legal action (greedy or temperature / top-p per token);
+2. the environment steps (``vmap`` over rows);
+3. the next human turn ``<s>[INST] {obs} [/INST]`` plus the assistant opener is appended to the
+   cache in one chunk. The observation tokens are made by the env itself in the *policy's*
+   vocabulary (pass ``codec=PolicyCodec(tokenizer)`` to the env), so nothing leaves the device.
+
+Rows that are done append nothing (``num_valid = 0``) and keep their env state. Every shape is
+fixed; each row draws from its own key ``fold_in(fold_in(fold_in(seed, iteration), idx), sample)``
+so a row's episode does not depend on the rest of the batch. The batch axis may be sharded over
+the mesh's data axes (``mesh=``).
+
+Assistant turns are ``" " + react(thought, action) + "</s>"`` with an empty thought (this sampler
+does not generate free-text thoughts): ``" Thought:\\n\\n\\nAction:\\n{action}</s>"``; BC data for
+a policy sampled this way must use the same form (`strip_thoughts`).
+
+    >>> codec = PolicyCodec(tok)
+    >>> env = envs.make("maze", codec=codec)
+    >>> sampler = DeviceSampler(env, model, tok)
+    >>> out = sampler.run(params, indices=np.arange(25), seed=0, temperature=0.0)
+    >>> records = sampler.to_records(out)          # AgentTraj items with reward / success
+
+`host_reference_episode` is a step-by-step host implementation (no cache, full forward passes)
+used to test the device loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from core_jax.nn.sampling import sample as sample_ids
+from core_jax.nn.transformer import KVCache, Transformer
+from evol_jax import agenttraj, prompts
+from evol_jax.chat import LLAMA2
+from evol_jax.envs.base import Env, legal_or_first
+from evol_jax.policy_data import tokenize_conversation
+from evol_jax.text import TextCodec, WordTable
+
+OPENER = " Thought:\n\n\nAction:\n"  # assistant turn up to the action (empty thought)
+
+
+class PolicyCodec:
+    """Environment codec in the policy tokenizer's vocabulary.
+
+    An observation ``" ".join(words)`` sits after ``"[INST]"`` and a space in the chat format, so
+    every word is encoded as it appears after a space (``tokenizer.encode_word``) and
+    ``encode(text) == tokenizer.encode(" " + text)``; ``decode`` drops that leading space.
+
+    Args:
+      tokenizer: a `evol_jax.policy_tokenizer.PolicyTokenizer` (or anything with ``encode``,
+        ``encode_word``, ``decode`` and ``vocab_size`` with the same no-dummy-prefix behaviour).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(" " + text))
+
+    def decode(self, ids) -> str:
+        text = self.tokenizer.decode(ids)
+        return text[1:] if text.startswith(" ") else text
+
+    def encode_word(self, word: str) -> list[int]:
+        return list(self.tokenizer.encode_word(word))
+
+    def word_table(self, words: Sequence[str], max_pieces: int | None = None) -> WordTable:
+        return TextCodec.word_table(self, words, max_pieces)  # same layout, this encode_word
+
+
+def strip_thoughts(item: dict) -> dict:
+    """An AgentTraj item with every ReAct thought emptied (the sampler's assistant-turn form)."""
+    conv = []
+    for turn in item["conversations"]:
+        turn = dict(turn)
+        if turn["from"] == "gpt" and turn.get("loss") is True:
+            _, action = agenttraj.parse_react(turn["value"])
+            turn["value"] = agenttraj.react("", action)
+        conv.append(turn)
+    return {**item, "conversations": conv}
+
+
+def first_observation(env: Env, state) -> str:
+    """Host: the client's first observation for a (single, unbatched) reset state."""
+    text = env.render_text(state)
+    vocab = env.filtered_words(state) if hasattr(env, "filtered_words") else None
+    return agenttraj.client_first_observation(env.name, text, vocab=vocab)
+
+
+def prefix_tokens(env_name: str, first_obs: str, tokenizer) -> np.ndarray:
+    """Tokens of instruction, "Ok.", first observation and the assistant opener (int32 [P])."""
+    conv = prompts.conversation_start(env_name)
+    conv.append({"from": "human", "loss": None, "value": first_obs})
+    toks, _ = tokenize_conversation(conv, tokenizer, LLAMA2)
+    return np.concatenate([toks, np.asarray(tokenizer.encode(OPENER), np.int32)])
+
+
+def action_table(env: Env, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """Action texts + ``</s>`` in the policy vocabulary: ``(table int32 [A, La], lengths [A])``."""
+    seqs = [list(tokenizer.encode(env.action_text(a))) + [tokenizer.eos_id]
+            for a in range(env.num_actions)]  # fmt: skip
+    width = max(len(s) for s in seqs)
+    table = np.zeros((len(seqs), width), np.int32)
+    for a, s in enumerate(seqs):
+        table[a, : len(s)] = s
+    lengths = np.array([len(s) for s in seqs], np.int32)
+    for a, s in enumerate(seqs):
+        if tokenizer.eos_id in s[:-1]:
+            raise ValueError(f"action {a} text {env.action_text(a)!r} contains the EOS token")
+    return table, lengths
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    """Host result of `DeviceSampler.run`; episode axis ``N``, round axis ``R``."""
+
+    env: str
+    indices: np.ndarray  # int32 [N]
+    first_obs: list[str]  # client first observation per episode
+    actions: np.ndarray  # int32 [R, N], -1 where the round was not played
+    rewards: np.ndarray  # float32 [R, N]
+    active: np.ndarray  # bool [R, N], the round was played
+    obs_tokens: np.ndarray  # int32 [R, N, O], observation after each round (policy vocab)
+    obs_mask: np.ndarray  # bool [R, N, O]
+    last_reward: np.ndarray  # float32 [N]
+    overflow: np.ndarray  # bool [N], the KV cache ran out (later actions unreliable)
+
+    @property
+    def num_steps(self) -> np.ndarray:
+        return self.active.sum(axis=0)
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.last_reward == 1.0
+
+
+def _scatter_chunk(parts, width):
+    """Concatenates ``(tokens [B, k], n [B])`` parts per row into ``[B, width]``; returns length."""
+    b = parts[0][0].shape[0]
+    out = jnp.zeros((b, width), jnp.int32)
+    offset = jnp.zeros((b,), jnp.int32)
+    rows = jnp.arange(b)[:, None]
+    for toks, n in parts:
+        k = toks.shape[1]
+        pos = offset[:, None] + jnp.arange(k)[None, :]
+        pos = jnp.where(jnp.arange(k)[None, :] < n[:, None], pos, width)
+        out = out.at[rows, pos].set(toks, mode="drop")
+        offset = offset + n
+    return out, offset
+
+
+class DeviceSampler:
+    """Batched multi-turn rollouts of a policy LM in a JAX environment (see the module docstring).
+
+    Args:
+      env: the environment, built with ``codec=PolicyCodec(tokenizer)``.
+      model: the policy :class:`core_jax.nn.Transformer`.
+      tokenizer: the policy tokenizer (``encode``, ``eos_id``, ``bos_id``).
+      rounds: rounds per episode (default ``env.max_rounds``).
+    """
+
+    def __init__(self, env: Env, model: Transformer, tokenizer, rounds: int | None = None):
+        if not isinstance(env.codec, PolicyCodec) or env.codec.tokenizer is not tokenizer:
+            raise ValueError(
+                f"{env.name}: the env must be built with codec=PolicyCodec(tokenizer) of this "
+                "policy tokenizer so that observations are in the policy's vocabulary"
+            )
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.vocab_size} ids, model vocab is "
+                f"{model.config.vocab_size}"
+            )
+        self.env, self.model, self.tokenizer = env, model, tokenizer
+        self.rounds = int(rounds or env.max_rounds)
+        table, lengths = action_table(env, tokenizer)
+        self.table, self.table_len = table, lengths
+        self.open_human = np.asarray(tokenizer.encode(LLAMA2.bos + "[INST]"), np.int32)
+        self.close_human = np.asarray(tokenizer.encode(" [/INST]"), np.int32)
+        self.opener = np.asarray(tokenizer.encode(OPENER), np.int32)
+        self.chunk_width = (
+            len(self.open_human) + env.max_obs_len + len(self.close_human) + len(self.opener)
+        )
+        self._jitted = jax.jit(self._rollout, static_argnames=("cache_len",))
+
+    # ------------------------------------------------------------------------------- host prep
+    def reset_and_prefix(self, keys: jax.Array, indices: np.ndarray):
+        """Resets every row and builds the right-padded prefixes ``[N, P]`` and lengths ``[N]``."""
+        states, ts = jax.jit(jax.vmap(self.env.reset))(keys, jnp.asarray(indices, jnp.int32))
+        host = jax.device_get(states)
+        firsts, prefixes = [], []
+        for i in range(len(indices)):
+            st = jax.tree.map(lambda x, i=i: x[i], host)
+            firsts.append(first_observation(self.env, st))
+            prefixes.append(prefix_tokens(self.env.name, firsts[-1], self.tokenizer))
+        p = max(len(x) for x in prefixes)
+        pad = np.zeros((len(prefixes), p), np.int32)
+        for i, x in enumerate(prefixes):
+            pad[i, : len(x)] = x
+        lengths = np.array([len(x) for x in prefixes], np.int32)
+        return states, ts.legal_actions, firsts, pad, lengths
+
+    # ----------------------------------------------------------------------------- device loop
+    def _rollout(
+        self, params, row_keys, states, legal0, prefix, lengths, temperature, top_p, *, cache_len
+    ):
+        env, model = self.env, self.model
+        b = prefix.shape[0]
+        table = jnp.asarray(self.table)
+        tlen = jnp.asarray(self.table_len)
+        la = table.shape[1]
+        eos = self.tokenizer.eos_id
+        vocab = model.config.vocab_size
+
+        logits, cache = model.apply(
+            {"params": params}, prefix, cache=KVCache.init(model.config, b, cache_len),
+            num_valid=lengths,
+        )  # fmt: skip
+        last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+
+        def draw(key, lg, allowed):
+            return sample_ids(
+                key, lg[None], temperature=temperature, top_p=top_p, allowed_mask=allowed[None]
+            )[0]
+
+        def decode_action(cache, last, legal, live, keys):
+            cons0 = legal & live[:, None]
+
+            def body(carry, j):
+                cache, last, cons, finished, chosen = carry
+                valid = cons & (j < tlen)[None, :]
+                allowed = jnp.zeros((b, vocab), bool)
+                allowed = allowed.at[jnp.arange(b)[:, None], table[None, :, j]].max(valid)
+                step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j)
+                tok = jax.vmap(draw)(step_keys, last, allowed)
+                run = ~finished
+                cons = jnp.where(run[:, None], cons & (table[None, :, j] == tok[:, None]), cons)
+                ends = run & ((tok == eos) | (tok < 0))
+                pick = jnp.argmax(cons & (tlen == j + 1)[None, :], axis=1).astype(jnp.int32)
+                chosen = jnp.where(ends, jnp.where(tok < 0, legal_or_first_rows(legal), pick),
+                                   chosen)  # fmt: skip
+                lg, cache = model.apply(
+                    {"params": params}, jnp.maximum(tok, 0)[:, None], cache=cache,
+                    num_valid=run.astype(jnp.int32),
+                )  # fmt: skip
+                last = jnp.where(run[:, None], lg[:, 0], last)
+                return (cache, last, cons, finished | ends, chosen), None
+
+            init = (cache, last, cons0, ~live, jnp.full((b,), -1, jnp.int32))
+            (cache, last, _, _, chosen), _ = jax.lax.scan(body, init, jnp.arange(la))
+            return cache, last, chosen
+
+        def legal_or_first_rows(legal):
+            return jax.vmap(legal_or_first)(legal)
+
+        open_h = jnp.broadcast_to(
+            jnp.asarray(self.open_human, jnp.int32), (b, len(self.open_human))
+        )
+        close_h = jnp.broadcast_to(self.close_human, (b, len(self.close_human)))
+        opener = jnp.broadcast_to(self.opener, (b, len(self.opener)))
+
+        def round_body(carry, r):
+            states, cache, last, done, legal, last_reward = carry
+            live = ~done
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, r)
+            cache, last, chosen = decode_action(cache, last, legal, live, keys)
+            act = jnp.where(live, chosen, legal_or_first_rows(legal))
+            new_states, ts = jax.vmap(env.step)(states, act)
+            new_states = jax.tree.map(
+                lambda n, o: jnp.where(live.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+                new_states, states,
+            )  # fmt: skip
+            cont = live & ~ts.done
+            nobs = ts.obs_mask.sum(axis=1).astype(jnp.int32)
+            ones = lambda k: jnp.full((b,), k, jnp.int32)  # noqa: E731
+            chunk, n = _scatter_chunk(
+                [(open_h, ones(open_h.shape[1])), (ts.obs_tokens, nobs),
+                 (close_h, ones(close_h.shape[1])), (opener, ones(opener.shape[1]))],
+                self.chunk_width,
+            )  # fmt: skip
+            n = jnp.where(cont, n, 0)
+            lg, cache = model.apply({"params": params}, chunk, cache=cache, num_valid=n)
+            new_last = jnp.take_along_axis(lg, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
+            last = jnp.where(cont[:, None], new_last, last)
+            last_reward = jnp.where(live, ts.reward, last_reward)
+            legal = jnp.where(live[:, None], ts.legal_actions, legal)
+            out = (jnp.where(live, chosen, -1), jnp.where(live, ts.reward, 0.0), live,
+                   ts.obs_tokens, ts.obs_mask)  # fmt: skip
+            return (new_states, cache, last, done | ts.done, legal, last_reward), out
+
+        done0 = jnp.zeros((b,), bool)
+        init = (states, cache, last, done0, legal0, jnp.zeros((b,), jnp.float32))
+        (_, cache, _, _, _, last_reward), outs = jax.lax.scan(
+            round_body, init, jnp.arange(self.rounds)
+        )
+        return outs, last_reward, cache.overflow
+
+    def cache_len(self, prefix_len: int) -> int:
+        """KV capacity: prefix plus every round's action tokens and human chunk."""
+        return int(prefix_len + self.rounds * (self.table.shape[1] + self.chunk_width))
+
+    # ------------------------------------------------------------------------------------ API
+    def row_keys(self, seed: int, iteration: int, indices, sample_ids_: Sequence[int]):
+        """Per-row keys ``fold_in(fold_in(fold_in(key(seed), iteration), idx), sample)``."""
+        base = jax.random.fold_in(jax.random.key(seed), iteration)
+        return jnp.stack([
+            jax.random.fold_in(jax.random.fold_in(base, int(i)), int(s))
+            for i, s in zip(indices, sample_ids_, strict=True)
+        ])  # fmt: skip
+
+    def run(
+        self,
+        params,
+        indices,
+        *,
+        seed: int = 0,
+        iteration: int = 0,
+        num_samples: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        mesh=None,
+    ) -> SampleOutput:
+        """Runs ``num_samples`` episodes per instance index, all rows at once.
+
+        Args:
+          params: policy parameters.
+          indices: int [N] instance indices.
+          seed, iteration: key derivation (see `row_keys`).
+          num_samples: K episodes per index (rows ``idx0 s0, idx0 s1, ..., idx1 s0, ...``).
+          temperature: 0 is greedy; per-token temperature over the legal-action prefix mask.
+          top_p: nucleus mass per token.
+          mesh: optional `core_jax.parallel` mesh; the batch axis is sharded over its data axes
+            (the row count must divide by the number of batch shards).
+
+        Returns:
+          `SampleOutput` with ``N * num_samples`` episodes.
+        """
+        indices = np.asarray(indices, np.int32)
+        if indices.ndim != 1 or indices.size == 0:
+            raise ValueError(f"indices must be a non-empty 1-D list, got shape {indices.shape}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples={num_samples} must be >= 1")
+        if not temperature >= 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature={temperature} must be >= 0, top_p={top_p} in (0, 1]")
+        rows = np.repeat(indices, num_samples)
+        samples = np.tile(np.arange(num_samples), len(indices))
+        keys = self.row_keys(seed, iteration, rows, samples)
+        env_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys)
+        states, legal0, firsts, prefix, lengths = self.reset_and_prefix(env_keys, rows)
+        args = (keys, states, legal0, jnp.asarray(prefix), jnp.asarray(lengths))
+        if mesh is not None:
+            from core_jax.parallel import batch_sharding
+
+            args = jax.tree.map(
+                lambda x: jax.device_put(x, batch_sharding(mesh, ndim=np.ndim(x))), args
+            )
+        outs, last_reward, overflow = self._jitted(
+            params, *args, jnp.float32(temperature), jnp.float32(top_p),
+            cache_len=self.cache_len(prefix.shape[1]),
+        )  # fmt: skip
+        actions, rewards, active, obs_tokens, obs_mask = jax.device_get(outs)
+        return SampleOutput(
+            env=self.env.name,
+            indices=rows,
+            first_obs=firsts,
+            actions=np.asarray(actions),
+            rewards=np.asarray(rewards),
+            active=np.asarray(active),
+            obs_tokens=np.asarray(obs_tokens),
+            obs_mask=np.asarray(obs_mask),
+            last_reward=np.asarray(jax.device_get(last_reward)),
+            overflow=np.asarray(jax.device_get(overflow)),
+        )
+
+    def trajectories(self, out: SampleOutput) -> list[agenttraj.Trajectory]:
+        """Host: episodes as `agenttraj.Trajectory` (empty thoughts, decoded observations)."""
+        trajs = []
+        for i, idx in enumerate(out.indices.tolist()):
+            t = agenttraj.Trajectory(
+                env=self.env.name, idx=int(idx), first_observation=out.first_obs[i]
+            )
+            for r in range(int(out.num_steps[i])):
+                t.thoughts.append("")
+                t.actions.append(self.env.action_text(int(out.actions[r, i])))
+                t.observations.append(
+                    self.env.codec.decode(out.obs_tokens[r, i][out.obs_mask[r, i]])
+                )
+            t.reward = float(out.last_reward[i])
+            t.success = bool(out.success[i])
+            trajs.append(t)
+        return trajs
+
+    def to_records(self, out: SampleOutput) -> list[dict]:
+        """AgentTraj items (with ``reward`` and ``success``) of every episode of ``out``."""
+        return [agenttraj.to_item(t) for t in self.trajectories(out)]
+
+    def token_stream(self, out: SampleOutput, i: int) -> np.ndarray:
+        """Host: the exact token sequence episode ``i`` put through the policy (int32 [n])."""
+        parts = [prefix_tokens(self.env.name, out.first_obs[i], self.tokenizer)]
+        steps = int(out.num_steps[i])
+        for r in range(steps):
+            a = int(out.actions[r, i])
+            parts.append(self.table[a, : self.table_len[a]])
+            if r + 1 < steps:
+                obs = out.obs_tokens[r, i][out.obs_mask[r, i]]
+                parts += [self.open_human, obs, self.close_human, self.opener]
+        return np.concatenate([np.asarray(p, np.int32) for p in parts])
+
+
+# ------------------------------------------------------------------------------------------------
+# Host reference (tests)
+# ------------------------------------------------------------------------------------------------
+
+
+def host_reference_episode(sampler: DeviceSampler, params, idx: int, env_key) -> dict:
+    """Greedy episode, step by step on the host with full (cache-free) forward passes.
+
+    Returns ``{"actions": [...], "rewards": [...], "tokens": np.ndarray}``.
+    """
+    env, model, tok = sampler.env, sampler.model, sampler.tokenizer
+    state, ts = jax.jit(env.reset)(env_key, jnp.int32(idx))
+    first = first_observation(env, jax.device_get(state))
+    seq = list(prefix_tokens(env.name, first, tok))
+    legal = np.asarray(ts.legal_actions)
+    actions, rewards = [], []
+    step = jax.jit(env.step)
+    forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
+    width = sampler.cache_len(len(seq))  # one padded length: one compile (causal, so exact)
+
+    def next_logits(seq):
+        padded = np.zeros((1, width), np.int32)
+        padded[0, : len(seq)] = seq
+        return np.asarray(forward(params, jnp.asarray(padded)))[0, len(seq) - 1]
+
+    for r in range(sampler.rounds):
+        cons = legal.copy()
+        j = 0
+        while True:
+            logits = next_logits(seq)
+            allowed = np.zeros(logits.shape, bool)
+            for a in np.nonzero(cons & (sampler.table_len > j))[0]:
+                allowed[sampler.table[a, j]] = True
+            t = int(np.argmax(np.where(allowed, logits, -np.inf)))
+            seq.append(t)
+            cons &= sampler.table[:, j] == t
+            if t == tok.eos_id:
+                a = int(np.nonzero(cons & (sampler.table_len == j + 1))[0][0])
+                break
+            j += 1
+        state, ts = step(state, jnp.int32(a))
+        actions.append(a)
+        rewards.append(float(ts.reward))
+        if bool(ts.done) or r + 1 == sampler.rounds:
+            break
+        obs = np.asarray(ts.obs_tokens)[np.asarray(ts.obs_mask)]
+        seq += list(sampler.open_human) + list(obs) + list(sampler.close_human)
+        seq += list(sampler.opener)
+        legal = np.asarray(ts.legal_actions)
+    return {"actions": actions, "rewards": rewards, "tokens": np.asarray(seq, np.int32)}

@@ -1,0 +1,128 @@
+"""Device sampler: device loop == host step-by-step reference, legal actions, row independence."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from core_jax.nn import Transformer, TransformerConfig
+from evol_jax import envs, experts
+from evol_jax.policy_data import tokenize_conversation
+from evol_jax.policy_tokenizer import PolicyTokenizer, train_policy_tokenizer
+from evol_jax.sampler import (
+    DeviceSampler,
+    PolicyCodec,
+    action_table,
+    host_reference_episode,
+    strip_thoughts,
+)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    texts = []
+    for name in ("maze", "textcraft"):
+        env = envs.make(name)
+        batch = experts.rollout(env, np.arange(6))
+        for t in experts.trajectories(env, batch):
+            item = experts.agenttraj.to_item(t)
+            texts += [turn["value"] for turn in item["conversations"]]
+    path = tmp_path_factory.mktemp("tok") / "policy"
+    return PolicyTokenizer(train_policy_tokenizer(texts, str(path), vocab_size=600))
+
+
+def _model(tok, seed=0):
+    cfg = TransformerConfig(
+        vocab_size=tok.vocab_size, d_model=32, num_layers=2, num_heads=2, mlp_dim=64,
+        mlp="swiglu", norm="rmsnorm", max_len=8192,
+    )  # fmt: skip
+    model = Transformer(cfg)
+    params = model.init(jax.random.key(seed), np.zeros((1, 4), np.int32))["params"]
+    # Larger random weights give peaked, seed-dependent action choices.
+    params = jax.tree.map(lambda p: p * 4.0 if p.ndim >= 2 else p, params)
+    return model, params
+
+
+@pytest.mark.parametrize("name", ["maze", "textcraft"])
+def test_device_equals_host_reference(tok, name):
+    env = envs.make(name, codec=PolicyCodec(tok))
+    model, params = _model(tok)
+    sampler = DeviceSampler(env, model, tok, rounds=4)
+    idx = [0, 3, 7]
+    out = sampler.run(params, idx, seed=5, temperature=0.0)
+    assert not out.overflow.any()
+    keys = sampler.row_keys(5, 0, idx, [0, 0, 0])
+    for i, ix in enumerate(idx):
+        env_key = jax.random.fold_in(keys[i], 2**31 - 1)
+        ref = host_reference_episode(sampler, params, ix, env_key)
+        n = int(out.num_steps[i])
+        assert out.actions[:n, i].tolist() == ref["actions"]
+        np.testing.assert_allclose(out.rewards[:n, i], ref["rewards"])
+        np.testing.assert_array_equal(sampler.token_stream(out, i), ref["tokens"])
+
+
+def test_stream_equals_bc_tokenisation(tok):
+    """What the policy saw == what BC trains on (tokenize_conversation of the exported record)."""
+    env = envs.make("textcraft", codec=PolicyCodec(tok))
+    model, params = _model(tok, seed=1)
+    sampler = DeviceSampler(env, model, tok, rounds=3)
+    out = sampler.run(params, [1, 2], seed=0, temperature=1.0)
+    for i, rec in enumerate(sampler.to_records(out)):
+        toks, mask = tokenize_conversation(rec["conversations"], tok)
+        np.testing.assert_array_equal(toks, sampler.token_stream(out, i))
+        assert rec["reward"] == pytest.approx(float(out.last_reward[i]))
+
+
+def test_legal_actions_only_and_rows_independent(tok):
+    env = envs.make("textcraft", codec=PolicyCodec(tok))
+    model, params = _model(tok, seed=2)
+    sampler = DeviceSampler(env, model, tok, rounds=3)
+    out = sampler.run(params, [4, 9], seed=3, num_samples=2, temperature=1.5, top_p=0.95)
+    assert out.actions.shape == (3, 4)
+    # Replay the sampled actions: each must be legal in the state it was taken in.
+    keys = sampler.row_keys(3, 0, out.indices, [0, 1, 0, 1])
+    for i in range(4):
+        state, ts = env.reset(jax.random.fold_in(keys[i], 2**31 - 1), out.indices[i])
+        for r in range(int(out.num_steps[i])):
+            a = int(out.actions[r, i])
+            assert bool(ts.legal_actions[a]), (i, r, env.action_text(a))
+            state, ts = env.step(state, a)
+    # A row alone gives the same episode as inside the batch (own key, own cache rows).
+    single = sampler.run(params, [9], seed=3, num_samples=2, temperature=1.5, top_p=0.95)
+    np.testing.assert_array_equal(single.actions, out.actions[:, 2:])
+    np.testing.assert_array_equal(single.last_reward, out.last_reward[2:])
+
+
+def test_codec_and_bad_input(tok):
+    codec = PolicyCodec(tok)
+    text = "Crafting commands:\ncraft 4 oak planks using 1 oak log"
+    table = codec.word_table(text.split(" "))
+    pieces = np.concatenate([table.pieces[w, : table.lengths[w]] for w in range(table.num_words)])
+    assert pieces.tolist() == codec.encode(text)
+    assert codec.decode(codec.encode(text)) == text
+    env = envs.make("maze")
+    model, _ = _model(tok)
+    with pytest.raises(ValueError, match="codec=PolicyCodec"):
+        DeviceSampler(env, model, tok)
+    env = envs.make("maze", codec=codec)
+    table, lengths = action_table(env, tok)
+    assert (table[np.arange(env.num_actions), lengths - 1] == tok.eos_id).all()
+    sampler = DeviceSampler(env, model, tok)
+    with pytest.raises(ValueError, match="indices"):
+        sampler.run({}, [])
+    with pytest.raises(ValueError, match="temperature"):
+        sampler.run({}, [0], temperature=-1.0)
+
+
+def test_strip_thoughts():
+    item = {
+        "item_id": "maze_0",
+        "conversations": [
+            {"from": "human", "loss": None, "value": "x"},
+            {"from": "gpt", "loss": True, "value": "Thought:\nGo.\n\nAction:\nmove up"},
+        ],
+    }
+    out = strip_thoughts(item)
+    assert out["conversations"][1]["value"] == "Thought:\n\n\nAction:\nmove up"
+    assert item["conversations"][1]["value"].startswith("Thought:\nGo.")
