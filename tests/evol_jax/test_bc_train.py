@@ -66,7 +66,7 @@ def test_reward_weight_zero_examples_do_not_count():
 def test_interrupted_run_resumes_to_same_params(tmp_path):
     model = _model()
     ex = _examples(np.random.default_rng(2), 8)
-    cfg = BCConfig(peak_lr=3e-3, micro_batch=8, grad_accum=1, seq_len=12, epochs=3, log_every=1,
+    cfg = BCConfig(peak_lr=3e-3, micro_batch=8, grad_accum=1, seq_len=12, epochs=6, log_every=1,
                    checkpoint_every=3)  # fmt: skip
     full, _ = train_bc(model, ex, cfg)
 
