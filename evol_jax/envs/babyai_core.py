@@ -1,0 +1,928 @@
+"""BabyAI on device: minigrid primitives, the 7x7 egocentric view, AgentGym's text and actions.
+
+Pure functions over fixed-shape arrays (jit / vmap safe). Conventions follow minigrid: the grid is
+indexed ``grid[x, y] = [object_idx, color_idx, state_idx]`` (`babyai_words.OBJECTS`), padded to
+``MAXS x MAXS`` with walls (minigrid's ``Grid.slice`` also shows cells outside the grid as walls);
+directions 0 east, 1 south, 2 west, 3 north.
+
+AgentGym's high-level actions are compiled exactly as upstream's ``find_path``: a FIFO breadth-first
+search over (position, direction) in the agent's frame, with duplicate queue entries and parent
+pointers overwritten by every later push before a state's first pop. The search does not depend on
+the target, so one exhaustive search per observation gives every object's plan: the target's plan is
+the one of the goal state popped first.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evol_jax.envs import babyai_words as bw
+
+MAXS = 22  # largest BabyAI grid (BossLevel: 3x3 rooms of 8)
+VIEW = 7
+K = 48  # object slots: every cell of the view but the agent's
+MAX_OBJ = 64  # object ids (doors, keys, balls, boxes, box contents); 0 = none
+QUEUE = 1024  # BFS queue (exhaustive search on an empty window pushes 711)
+PMAX = 64  # longest primitive plan
+NS = 8 * 8 * 4  # BFS states: f in [-1, 6], r in [-3, 4], relative direction
+MAX_LEAVES = 4
+GOAL_WORDS = 64
+WORDS_PER_ACTION = 8
+ENTRY_WORDS = 20
+
+# object / colour / state indices
+EMPTY, WALL, DOOR, KEY, BALL, BOX, GOAL, LAVA = 1, 2, 4, 5, 6, 7, 8, 9
+OPEN, CLOSED, LOCKED = 0, 1, 2
+GREY = 5
+LEFT, RIGHT, FORWARD, PICKUP, DROP, TOGGLE = range(6)
+
+# action ids
+A_LEFT, A_RIGHT, A_FORWARD, A_TOGGLE, A_DROP, A_CHECK, A_UNKNOWN, A_EMPTY = range(8)
+N_FIXED = 8
+V_PICKUP, V_GOTO, V_THROUGH, V_TOGGLE_THROUGH = range(4)
+NUM_ACTIONS = N_FIXED + 4 * K
+
+DIR_VEC = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.int32)
+# relative-direction moves in the agent frame (front, right)
+_REL_MOVE = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], np.int32)
+_INIT = (1 * 8 + 3) * 4 + 0
+
+
+def _in_range_table() -> np.ndarray:
+    """Upstream's BFS window (``xrange``/``yrange`` in ``postprocess_obs``) in the agent frame."""
+    out = np.zeros((4, 8, 8), bool)
+    for d in range(4):
+        f, r = DIR_VEC[d], DIR_VEC[(d + 1) % 4]
+        tl = f * 6 - r * 3
+        b = tl + 7 * (-f + r)
+        rx = range(b[0], tl[0] + 1) if b[0] < tl[0] else range(tl[0], b[0])
+        ry = range(b[1], tl[1] + 1) if b[1] < tl[1] else range(tl[1], b[1])
+        for fi in range(8):
+            for ri in range(8):
+                dx, dy = (fi - 1) * f + (ri - 3) * r
+                out[d, fi, ri] = dx in rx and dy in ry
+    return out
+
+
+def _neighbours() -> np.ndarray:
+    """[NS, 3] successor of each BFS state under upstream's action order (forward, left, right)."""
+    nb = np.full((NS, 3), -1, np.int32)
+    for fi in range(8):
+        for ri in range(8):
+            for rd in range(4):
+                s = (fi * 8 + ri) * 4 + rd
+                mf, mr = _REL_MOVE[rd]
+                nf, nr = fi + mf, ri + mr
+                if 0 <= nf < 8 and 0 <= nr < 8:
+                    nb[s, 0] = (nf * 8 + nr) * 4 + rd
+                nb[s, 1] = (fi * 8 + ri) * 4 + (rd - 1) % 4
+                nb[s, 2] = (fi * 8 + ri) * 4 + (rd + 1) % 4
+    return nb
+
+
+IN_RANGE = _in_range_table()
+NEIGHBOURS = _neighbours()
+_BFS_ACTIONS = np.array([FORWARD, LEFT, RIGHT], np.int32)
+
+
+@flax.struct.dataclass
+class Mission:
+    """A BabyAI instruction as a fixed-size struct (up to 4 action clauses).
+
+    Tree: ``op`` 0 = node A alone, 1 = A and B, 2 = A then B (BeforeInstr), 3 = A after B
+    (AfterInstr). Node A is leaf 0 (with leaf 1 when ``node_and[0]``: AndInstr), node B leaf 2
+    (with leaf 3). Leaf kinds: 0 none, 1 go to, 2 pick up, 3 open, 4 put next to.
+    """
+
+    op: jax.Array  # int32 []
+    node_and: jax.Array  # bool [2]
+    kind: jax.Array  # int32 [4]
+    strict: jax.Array  # bool [4] strict leaves (debug levels): a wrong door / object fails
+    set_a: jax.Array  # bool [4, MAX_OBJ] objects matching the (moved) description
+    set_b: jax.Array  # bool [4, MAX_OBJ] fixed object of put-next
+    poss_a: jax.Array  # bool [4, MAXS, MAXS] tracked positions (minigrid obj_poss)
+    poss_b: jax.Array  # bool [4, MAXS, MAXS]
+    pre_carry: jax.Array  # int32 [4] object id carried at the leaf's last verify (0 none)
+    leaf_status: jax.Array  # int32 [4] for AndInstr nodes: 0 continue, 1 success, 2 failure
+    node_status: jax.Array  # int32 [2] a_done / b_done of the top sequence
+
+
+@flax.struct.dataclass
+class World:
+    """The minigrid state."""
+
+    grid: jax.Array  # int32 [MAXS, MAXS, 3]
+    oid: jax.Array  # int32 [MAXS, MAXS] object id of the cell (0 none / wall)
+    contents: jax.Array  # int32 [MAX_OBJ, 4] box contents per box id: type, colour, state, id
+    agent_pos: jax.Array  # int32 [2]
+    agent_dir: jax.Array  # int32 []
+    carrying: jax.Array  # int32 [3] encoding of the carried object; [0, 0, 0] = nothing
+    carrying_id: jax.Array  # int32 []
+    step_count: jax.Array  # int32 []
+    max_steps: jax.Array  # int32 []
+    mission: Mission
+
+
+@flax.struct.dataclass
+class Analysis:
+    """AgentGym's ``postprocess_obs`` of one state: objects, barrier, search, action table."""
+
+    image: jax.Array  # int32 [7, 7, 3] minigrid's obs["image"] (vis_i, vis_j)
+    slot_cell: jax.Array  # int32 [K] view cell (vis_j * 7 + vis_i) of each listed object
+    n_slots: jax.Array  # int32 []
+    any_obj: jax.Array  # bool [] upstream's all_objs (walls included) is non-empty
+    slot_enc: jax.Array  # int32 [K, 3]
+    slot_fr: jax.Array  # int32 [K, 2] (steps in front, steps to the right)
+    desc_cnt: jax.Array  # int32 [K] number in the description ("grey key 2")
+    has_barrier: jax.Array  # bool []
+    barrier_dis: jax.Array  # int32 []
+    barrier_type: jax.Array  # int32 []
+    parent: jax.Array  # int32 [NS] BFS parent pointers
+    pact: jax.Array  # int32 [NS] primitive leading to the state
+    first: jax.Array  # int32 [NS] first-pop order (big if never popped)
+    goal_front: jax.Array  # int32 [K] BFS goal state facing the object (-1 none)
+    goal_arrive: jax.Array  # int32 [K] BFS goal state on the object (-1 none)
+    legal: jax.Array  # bool [NUM_ACTIONS]
+    num: jax.Array  # int32 [NUM_ACTIONS] the number in each action's text
+    order: jax.Array  # int32 [NUM_ACTIONS] upstream's listing order key
+    front_occupied: jax.Array  # bool []
+    overflow: jax.Array  # bool [] BFS queue overflow (never seen; checked in tests)
+
+
+# ----------------------------------------------------------------------------- view
+
+
+def _cell(grid, x, y):
+    inside = (x >= 0) & (y >= 0) & (x < MAXS) & (y < MAXS)
+    enc = grid[jnp.clip(x, 0, MAXS - 1), jnp.clip(y, 0, MAXS - 1)]
+    return jnp.where(inside[..., None], enc, jnp.array([WALL, GREY, 0], jnp.int32))
+
+
+def view_coords(pos, d):
+    """Absolute (x, y) of every view cell, [7, 7, 2] indexed (vis_i, vis_j)."""
+    fv = jnp.asarray(DIR_VEC)[d]
+    rv = jnp.asarray(DIR_VEC)[(d + 1) % 4]
+    vi = jnp.arange(VIEW)[:, None]
+    vj = jnp.arange(VIEW)[None, :]
+    f = (VIEW - 1 - vj)[..., None]
+    r = (vi - VIEW // 2)[..., None]
+    return pos + f * fv + r * rv
+
+
+def _see_behind(enc):
+    return ~((enc[..., 0] == WALL) | ((enc[..., 0] == DOOR) & (enc[..., 2] != OPEN)))
+
+
+def vis_mask(enc):
+    """minigrid ``Grid.process_vis`` on the rotated view ([7, 7] indexed (i, j), agent (3, 6))."""
+    sb = _see_behind(enc)
+
+    def row_pass(j, mask):
+        sbr = sb[:, j]
+        has_up = j > 0
+
+        def left(i, c):
+            row, up = c
+            go = row[i] & sbr[i]
+            row = row.at[i + 1].set(row[i + 1] | go)
+            up = up.at[i + 1].set(up[i + 1] | go).at[i].set(up[i] | go)
+            return row, up
+
+        def right(t, c):
+            row, up = c
+            i = VIEW - 1 - t
+            go = row[i] & sbr[i]
+            row = row.at[i - 1].set(row[i - 1] | go)
+            up = up.at[i - 1].set(up[i - 1] | go).at[i].set(up[i] | go)
+            return row, up
+
+        up0 = mask[:, jnp.maximum(j - 1, 0)]
+        c = jax.lax.fori_loop(0, VIEW - 1, left, (mask[:, j], up0))
+        row, up = jax.lax.fori_loop(0, VIEW - 1, right, c)
+        mask = mask.at[:, j].set(row)
+        return mask.at[:, jnp.maximum(j - 1, 0)].set(jnp.where(has_up, up, mask[:, 0]))
+
+    mask = jnp.zeros((VIEW, VIEW), bool).at[VIEW // 2, VIEW - 1].set(True)
+    return jax.lax.fori_loop(0, VIEW, lambda t, m: row_pass(VIEW - 1 - t, m), mask)
+
+
+def view_image(w: World):
+    """minigrid's ``obs["image"]``: [7, 7, 3] with unseen cells 0 and the carried object shown
+    at the agent's cell."""
+    xy = view_coords(w.agent_pos, w.agent_dir)
+    enc = _cell(w.grid, xy[..., 0], xy[..., 1])
+    mask = vis_mask(enc)
+    carried = jnp.where(w.carrying_id > 0, w.carrying, jnp.array([EMPTY, 0, 0], jnp.int32))
+    enc = enc.at[VIEW // 2, VIEW - 1].set(carried)
+    return jnp.where(mask[..., None], enc, 0)
+
+
+# ----------------------------------------------------------------------------- dynamics
+
+
+def front_pos(w: World):
+    return w.agent_pos + jnp.asarray(DIR_VEC)[w.agent_dir]
+
+
+def _leaf_ok(ms: Mission, w: World, action):
+    """``verify_action`` success of every leaf ([4] bool), from the leaves' current state."""
+    fx, fy = front_pos(w)
+    fxc, fyc = jnp.clip(fx, 0, MAXS - 1), jnp.clip(fy, 0, MAXS - 1)
+    pre = ms.pre_carry
+    cid = w.carrying_id
+    goto_ok = ms.poss_a[:, fxc, fyc]
+    pick_ok = (action == PICKUP) & (pre == 0) & (cid > 0) & ms.set_a[:, cid]
+    front_id = w.oid[fxc, fyc]
+    front = w.grid[fxc, fyc]
+    door_open = (front_id > 0) & (front[0] == DOOR) & (front[2] == OPEN)
+    open_ok = (action == TOGGLE) & door_open & ms.set_a[:, front_id]
+    # put next: the object carried at the last verify was dropped in front, next to a fixed one
+    nb = jnp.pad(ms.poss_b, ((0, 0), (1, 1), (1, 1)))
+    near = (
+        nb[:, fxc, fyc + 1]
+        | nb[:, fxc + 2, fyc + 1]
+        | nb[:, fxc + 1, fyc]
+        | nb[:, fxc + 1, fyc + 2]
+    )
+    put_ok = (
+        (action == DROP) & (pre > 0) & ms.set_a[jnp.arange(MAX_LEAVES), pre] & (cid == 0) & near
+    )
+    kind = ms.kind
+    ok = jnp.select(
+        [kind == 1, kind == 2, kind == 3, kind == 4], [goto_ok, pick_ok, open_ok, put_ok]
+    )
+    # strict mode (debug levels): opening another door / picking up another object fails
+    front_door = (front_id > 0) & (front[0] == DOOR)
+    fail = (
+        ms.strict
+        & ~ok
+        & (
+            ((kind == 3) & (action == TOGGLE) & front_door)
+            | ((kind == 2) & (action == PICKUP) & (cid > 0))
+        )
+    )
+    return jnp.where(ok, 1, jnp.where(fail, 2, 0)).astype(jnp.int32)
+
+
+def verify(ms: Mission, w: World, action):
+    """``instrs.verify(action)``: returns (mission, status) with 0 continue, 1 success.
+
+    Every leaf is verified at most once per call; ``called`` records which were (their
+    ``preCarrying`` moves on), as in minigrid's tree of Before/After/And instructions.
+    """
+    ok = _leaf_ok(ms, w, action)
+    ls = ms.leaf_status
+    called = jnp.zeros((MAX_LEAVES,), bool)
+
+    def node(n, do, ls, called):
+        l0, l1 = 2 * n, 2 * n + 1
+        is_and = ms.node_and[n]
+        c0 = do & jnp.where(is_and, ls[l0] != 1, True)
+        c1 = do & is_and & (ls[l1] != 1)
+        ls2 = ls.at[l0].set(jnp.where(c0, ok[l0], ls[l0]))
+        ls2 = ls2.at[l1].set(jnp.where(c1, ok[l1], ls[l1]))
+        ls = jnp.where(is_and, ls2, ls)
+        called = called.at[l0].set(called[l0] | c0).at[l1].set(called[l1] | c1)
+        st = jnp.where(is_and, ((ls[l0] == 1) & (ls[l1] == 1)).astype(jnp.int32), ok[l0])
+        return st, ls, called
+
+    op = ms.op
+    ns = ms.node_status
+    # op 0: node A alone; op 1: AndInstr(A, B) (memoised); op 2/3: first then second node
+    first = jnp.where(op == 3, 1, 0)
+    second = 1 - first
+    seq = (op == 2) | (op == 3)
+    do_a = (op == 0) | ((op == 1) & (ns[0] != 1)) | (seq & (ns[first] != 1) & (first == 0))
+    do_b_and = (op == 1) & (ns[1] != 1)
+    # sequence: the first node is verified until it succeeds, then the second
+    do_first = seq & (ns[first] != 1)
+    st_a, ls, called = node(0, jnp.where(seq, do_first & (first == 0), do_a), ls, called)
+    st_b1, ls, called = node(1, do_b_and | (do_first & (first == 1)), ls, called)
+    st_first = jnp.where(first == 0, st_a, st_b1)
+    first_now = (ns[first] == 1) | (do_first & (st_first == 1))
+    do_second = seq & first_now
+    st_s0, ls, called = node(0, do_second & (second == 0), ls, called)
+    st_s1, ls, called = node(1, do_second & (second == 1), ls, called)
+    st_second = jnp.where(second == 0, st_s0, st_s1)
+    ns_and = jnp.stack([jnp.where(do_a, st_a, ns[0]), jnp.where(do_b_and, st_b1, ns[1])]).astype(
+        jnp.int32
+    )
+    ns_seq = ns.at[first].set(jnp.where(do_first, st_first.astype(jnp.int32), ns[first]))
+    ns_seq = ns_seq.at[second].set(
+        jnp.where(do_second, st_second.astype(jnp.int32), ns_seq[second])
+    )
+    new_ns = jnp.select([op == 1, seq], [ns_and, ns_seq], ns)
+    st_seq = jnp.where(do_first & (st_first == 2), 2, jnp.where(do_second, st_second, 0))
+    status = jnp.select(
+        [op == 0, op == 1], [st_a, ((ns_and[0] == 1) & (ns_and[1] == 1)).astype(jnp.int32)], st_seq
+    )
+    pre_kind = (ms.kind == 2) | (ms.kind == 4)
+    pre = jnp.where(called & pre_kind, w.carrying_id, ms.pre_carry)
+    ms = ms.replace(leaf_status=ls, node_status=new_ns, pre_carry=pre)
+    return ms, status.astype(jnp.int32)
+
+
+def update_poss(ms: Mission, w: World) -> Mission:
+    """``update_objs_poss``: tracked objects' positions re-read from the grid (after a drop)."""
+    oid = w.oid
+    pa = ms.set_a[:, oid] & (oid > 0)[None]
+    pb = ms.set_b[:, oid] & (oid > 0)[None]
+    return ms.replace(poss_a=pa, poss_b=pb)
+
+
+def prim_step(w: World, action):
+    """One minigrid ``RoomGridLevel.step``; returns (world, reward, terminated)."""
+    w = w.replace(step_count=w.step_count + 1)
+    fp = front_pos(w)
+    fx, fy = jnp.clip(fp[0], 0, MAXS - 1), jnp.clip(fp[1], 0, MAXS - 1)
+    cell = w.grid[fx, fy]
+    cid = w.oid[fx, fy]
+    t = cell[0]
+    is_none = t == EMPTY
+    d = jnp.where(
+        action == LEFT,
+        (w.agent_dir + 3) % 4,
+        jnp.where(action == RIGHT, (w.agent_dir + 1) % 4, w.agent_dir),
+    )
+    can_overlap = is_none | ((t == DOOR) & (cell[2] == OPEN)) | (t == GOAL) | (t == LAVA)
+    move = (action == FORWARD) & can_overlap
+    pos = jnp.where(move, fp, w.agent_pos)
+    carrying_none = w.carrying_id == 0
+    pick = (action == PICKUP) & ((t == KEY) | (t == BALL) | (t == BOX)) & carrying_none
+    drop = (action == DROP) & is_none & ~carrying_none
+    toggle = action == TOGGLE
+    # door toggle
+    is_door = t == DOOR
+    locked = cell[2] == LOCKED
+    key_ok = (w.carrying[0] == KEY) & (w.carrying[1] == cell[1]) & ~carrying_none
+    door_state = jnp.where(
+        locked, jnp.where(key_ok, OPEN, LOCKED), jnp.where(cell[2] == OPEN, CLOSED, OPEN)
+    )
+    new_cell = cell
+    new_id = cid
+    new_cell = jnp.where(toggle & is_door, cell.at[2].set(door_state), new_cell)
+    # box toggle: the box is replaced by its contents
+    cont = w.contents[cid]
+    box_open = toggle & (t == BOX)
+    cont_enc = jnp.where(cont[3] > 0, cont[:3], jnp.array([EMPTY, 0, 0], jnp.int32))
+    new_cell = jnp.where(box_open, cont_enc, new_cell)
+    new_id = jnp.where(box_open, cont[3], new_id)
+    new_cell = jnp.where(pick, jnp.array([EMPTY, 0, 0], jnp.int32), new_cell)
+    new_id = jnp.where(pick, 0, new_id)
+    new_cell = jnp.where(drop, w.carrying, new_cell)
+    new_id = jnp.where(drop, w.carrying_id, new_id)
+    carrying = jnp.where(pick, cell, jnp.where(drop, 0, w.carrying))
+    carrying_id = jnp.where(pick, cid, jnp.where(drop, 0, w.carrying_id))
+    inside = (fp[0] >= 0) & (fp[1] >= 0) & (fp[0] < MAXS) & (fp[1] < MAXS)
+    grid = jnp.where(inside, w.grid.at[fx, fy].set(new_cell), w.grid)
+    oid = jnp.where(inside, w.oid.at[fx, fy].set(new_id), w.oid)
+    w = w.replace(
+        grid=grid, oid=oid, agent_pos=pos, agent_dir=d, carrying=carrying, carrying_id=carrying_id
+    )
+    reward = jnp.float32(0.0)
+    term = move & ((t == GOAL) | (t == LAVA))
+    success_reward = 1.0 - 0.9 * (
+        w.step_count.astype(jnp.float32) / w.max_steps.astype(jnp.float32)
+    )
+    reward = jnp.where(move & (t == GOAL), success_reward, reward)
+    ms = w.mission
+    ms = jax.tree.map(lambda a, b: jnp.where(action == DROP, a, b), update_poss(ms, w), ms)
+    ms, status = verify(ms, w, action)
+    w = w.replace(mission=ms)
+    reward = jnp.where(status == 1, success_reward, reward)
+    term = term | (status != 0)
+    return w, reward.astype(jnp.float32), term
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _bfs(obst, in_range):
+    """Upstream's ``find_path`` search run to exhaustion (all targets at once)."""
+    nb = jnp.asarray(NEIGHBOURS)
+    acts = jnp.asarray(_BFS_ACTIONS)
+    free = (in_range & ~obst).reshape(-1)  # [64] over (fi, ri)
+    big = jnp.int32(1 << 20)
+
+    def cond(c):
+        return c[1] < c[2]
+
+    def body(c):
+        queue, head, tail, popped, first, parent, pact, counter, over = c
+        s = queue[head]
+        head = head + 1
+        new = ~popped[s]
+        first = first.at[s].set(jnp.where(new, counter, first[s]))
+        counter = counter + new.astype(jnp.int32)
+        popped = popped.at[s].set(True)
+        for a in range(3):
+            ns = nb[s, a]
+            ok = (ns >= 0) & free[jnp.maximum(ns, 0) // 4] & ~popped[jnp.maximum(ns, 0)]
+            nsc = jnp.maximum(ns, 0)
+            slot = jnp.where(ok & (tail < QUEUE), tail, QUEUE)
+            queue = queue.at[slot].set(nsc, mode="drop")
+            parent = parent.at[nsc].set(jnp.where(ok, s, parent[nsc]))
+            pact = pact.at[nsc].set(jnp.where(ok, acts[a], pact[nsc]))
+            over = over | (ok & (tail >= QUEUE))
+            tail = jnp.minimum(tail + ok.astype(jnp.int32), QUEUE)
+        return queue, head, tail, popped, first, parent, pact, counter, over
+
+    init = (
+        jnp.zeros((QUEUE,), jnp.int32).at[0].set(_INIT),
+        jnp.int32(0),
+        jnp.int32(1),
+        jnp.zeros((NS,), bool),
+        jnp.full((NS,), big),
+        jnp.full((NS,), -1, jnp.int32),
+        jnp.zeros((NS,), jnp.int32),
+        jnp.int32(0),
+        jnp.bool_(False),
+    )
+    out = jax.lax.while_loop(cond, body, init)
+    return out[5], out[6], out[4], out[8]
+
+
+def _goal_state(first, fr, arrive):
+    """The first-popped goal state for a target at (front, right) in the agent frame."""
+    tf, tr = fr[0] + 1, fr[1] + 3
+    rel = jnp.asarray(_REL_MOVE)
+    rd = jnp.arange(4)
+    pf = jnp.where(arrive, tf, tf - rel[:, 0])
+    pr = jnp.where(arrive, tr, tr - rel[:, 1])
+    ok = (pf >= 0) & (pf < 8) & (pr >= 0) & (pr < 8)
+    s = (jnp.clip(pf, 0, 7) * 8 + jnp.clip(pr, 0, 7)) * 4 + rd
+    order = jnp.where(ok, first[s], 1 << 20)
+    best = jnp.argmin(order)
+    return jnp.where(order[best] < (1 << 20), s[best], -1)
+
+
+def analyse(w: World) -> Analysis:
+    """AgentGym's ``postprocess_obs`` on device."""
+    img = view_image(w)
+    xy = view_coords(w.agent_pos, w.agent_dir)
+    vi = jnp.arange(VIEW)[:, None] * jnp.ones((1, VIEW), jnp.int32)
+    vj = jnp.ones((VIEW, 1), jnp.int32) * jnp.arange(VIEW)[None, :]
+    f = VIEW - 1 - vj
+    r = vi - VIEW // 2
+    dis = f + jnp.abs(r)
+    t = img[..., 0]
+    valid = (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (dis > 0)
+    interesting = valid & (
+        (t == DOOR) | (t == KEY) | (t == BALL) | (t == BOX) | (t == GOAL) | (t == LAVA)
+    )
+    any_obj = jnp.any(interesting | (valid & (t == WALL)))
+    # stable sort by distance, ties in upstream's loop order (vis_j outer, vis_i inner)
+    cell = vj * VIEW + vi
+    key = jnp.where(interesting, dis * 64 + cell, 1 << 20).T.reshape(-1)  # flat index vj*7+vi
+    order = jnp.argsort(key, stable=True)
+    order = jnp.concatenate([order[:K], jnp.zeros((0,), order.dtype)])
+    n_slots = jnp.sum(interesting).astype(jnp.int32)
+    slot_ok = jnp.arange(K) < n_slots
+    flat_img = jnp.transpose(img, (1, 0, 2)).reshape(-1, 3)  # index vj*7+vi
+    slot_cell = order[:K].astype(jnp.int32)
+    slot_enc = jnp.where(slot_ok[:, None], flat_img[slot_cell], 0)
+    slot_fr = jnp.stack([VIEW - 1 - slot_cell // VIEW, slot_cell % VIEW - VIEW // 2], -1)
+    same = (
+        jnp.all(slot_enc[:, None, :] == slot_enc[None, :, :], -1)
+        & slot_ok[:, None]
+        & slot_ok[None, :]
+    )
+    tri = jnp.arange(K)[None, :] <= jnp.arange(K)[:, None]  # j <= k
+    desc_cnt = jnp.sum(same & tri, 1).astype(jnp.int32)
+    # barrier straight ahead: boxes and walls
+    col = img[VIEW // 2, :, 0]  # over vis_j
+    fcol = VIEW - 1 - jnp.arange(VIEW)
+    vcol = valid[VIEW // 2, :]
+    bar = vcol & ((col == BOX) | (col == WALL)) & (fcol > 0)
+    bdis = jnp.where(bar, fcol, 99)
+    bj = jnp.argmin(bdis)
+    has_barrier = jnp.any(bar)
+    barrier_dis = jnp.where(has_barrier, bdis[bj], 0).astype(jnp.int32)
+    barrier_type = col[bj]
+    # search obstacles in the frame (fi = f + 1, ri = r + 3)
+    obst_v = valid & ((t == WALL) | (t == BOX) | (t == LAVA) | (t == BALL) | (t == KEY))
+    obst = jnp.zeros((8, 8), bool).at[1:8, 0:7].set(obst_v[:, ::-1].T)
+    # obst_v is [vis_i, vis_j]; frame [fi, ri]: fi = 7 - vis_j, ri = vis_i
+    in_range = jnp.asarray(IN_RANGE)[w.agent_dir]
+    parent, pact, first, overflow = _bfs(obst, in_range)
+    goal_front = jax.vmap(lambda fr: _goal_state(first, fr, False))(slot_fr)
+    goal_arrive = jax.vmap(lambda fr: _goal_state(first, fr, True))(slot_fr)
+    goal_front = jnp.where(slot_ok, goal_front, -1)
+    goal_arrive = jnp.where(slot_ok, goal_arrive, -1)
+    # action table
+    st = slot_enc[:, 0]
+    carrying = w.carrying_id > 0
+    reach = goal_front >= 0
+    can_pick = (
+        slot_ok & ~carrying & ((st == KEY) | (st == BALL) | (st == BOX) | (st == LAVA)) & reach
+    )
+    can_goto = (
+        slot_ok & ((st == DOOR) | (st == KEY) | (st == BALL) | (st == BOX) | (st == LAVA)) & reach
+    )
+    door = slot_ok & (st == DOOR)
+    dstate = slot_enc[:, 2]
+    key_match = carrying & (w.carrying[0] == KEY) & (w.carrying[1] == slot_enc[:, 1])
+    can_through = door & (dstate == OPEN) & (goal_arrive >= 0)
+    tg_door = door & ((dstate == CLOSED) | ((dstate == LOCKED) & key_match))
+    can_tg = tg_door & reach
+    at_door = can_tg & (goal_front == _INIT)
+    has_toggle = jnp.any(at_door)
+    first_toggle = jnp.argmax(at_door)
+    front_cell = img[VIEW // 2, VIEW - 2]
+    front_valid = valid[VIEW // 2, VIEW - 2]
+    ft = front_cell[0]
+    front_occupied = front_valid & (
+        (ft == WALL) | (ft == BOX) | (ft == LAVA) | (ft == BALL) | (ft == KEY)
+    )
+    can_forward = ~has_barrier | (barrier_dis > 1)
+    fixed_legal = jnp.array([True, True, False, False, False, True, False, False])
+    fixed_legal = fixed_legal.at[A_FORWARD].set(can_forward)
+    fixed_legal = fixed_legal.at[A_TOGGLE].set(has_toggle)
+    fixed_legal = fixed_legal.at[A_DROP].set(carrying & ~front_occupied)
+    legal = jnp.concatenate([fixed_legal, can_pick, can_goto, can_through, can_tg])
+
+    def rank(ok):
+        return (
+            jnp.sum(same & ok[None, :] & (jnp.arange(K)[None, :] < jnp.arange(K)[:, None]), 1) + 1
+        )
+
+    num = jnp.concatenate(
+        [jnp.zeros((N_FIXED,), jnp.int32), rank(can_pick), rank(can_goto), desc_cnt, desc_cnt]
+    ).astype(jnp.int32)
+    ks = jnp.arange(K)
+    order_key = jnp.concatenate(
+        [
+            jnp.array([0, 1, 2, 0, 51, 1000, 2000, 2000])
+            .at[A_TOGGLE]
+            .set(52 + 2 * first_toggle + 1),
+            3 + ks,
+            200 + ks,
+            52 + 2 * ks,
+            52 + 2 * ks,
+        ]
+    ).astype(jnp.int32)
+    return Analysis(
+        image=img,
+        slot_cell=slot_cell,
+        n_slots=n_slots,
+        any_obj=any_obj,
+        slot_enc=slot_enc,
+        slot_fr=slot_fr.astype(jnp.int32),
+        desc_cnt=desc_cnt,
+        has_barrier=has_barrier,
+        barrier_dis=barrier_dis,
+        barrier_type=barrier_type.astype(jnp.int32),
+        parent=parent,
+        pact=pact,
+        first=first,
+        goal_front=goal_front.astype(jnp.int32),
+        goal_arrive=goal_arrive.astype(jnp.int32),
+        legal=legal,
+        num=num,
+        order=order_key,
+        front_occupied=front_occupied,
+        overflow=overflow,
+    )
+
+
+def _path(an: Analysis, goal):
+    """Primitive plan from the initial state to BFS state ``goal`` ([PMAX], length)."""
+
+    def cond(c):
+        s, n, _ = c
+        return (s != _INIT) & (s >= 0) & (n < PMAX)
+
+    def body(c):
+        s, n, buf = c
+        return an.parent[s], n + 1, buf.at[n].set(an.pact[s])
+
+    _, n, buf = jax.lax.while_loop(cond, body, (goal, jnp.int32(0), jnp.zeros((PMAX,), jnp.int32)))
+    idx = jnp.clip(n - 1 - jnp.arange(PMAX), 0, PMAX - 1)
+    plan = jnp.where(jnp.arange(PMAX) < n, buf[idx], 0)
+    return plan, n
+
+
+def plan_for(an: Analysis, action):
+    """The compiled primitive plan of action id ``action`` ([PMAX] int32, length)."""
+    is_slot = action >= N_FIXED
+    verb = (action - N_FIXED) // K
+    k = jnp.clip((action - N_FIXED) % K, 0, K - 1)
+    goal = jnp.where(verb == V_THROUGH, an.goal_arrive[k], an.goal_front[k])
+    plan, n = _path(an, jnp.where(is_slot, goal, _INIT))
+    extra = jnp.select(
+        [verb == V_PICKUP, verb == V_TOGGLE_THROUGH],
+        [jnp.array([PICKUP, 0]), jnp.array([TOGGLE, FORWARD])],
+        jnp.array([0, 0]),
+    )
+    n_extra = jnp.select([verb == V_PICKUP, verb == V_TOGGLE_THROUGH], [1, 2], 0)
+    idx = jnp.arange(PMAX)
+    plan = jnp.where((idx >= n) & (idx < n + n_extra), extra[jnp.clip(idx - n, 0, 1)], plan)
+    n_slot = n + n_extra
+    fixed_plan = jnp.array([LEFT, RIGHT, FORWARD, TOGGLE, DROP, 0, 0, 0])[jnp.clip(action, 0, 7)]
+    fixed_n = jnp.array([1, 1, 1, 1, 1, 0, 0, 0])[jnp.clip(action, 0, 7)]
+    plan = jnp.where(is_slot, plan, jnp.zeros((PMAX,), jnp.int32).at[0].set(fixed_plan))
+    return plan.astype(jnp.int32), jnp.where(is_slot, n_slot, fixed_n).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def _w(text: str):
+    return jnp.asarray(bw.ids(text), jnp.int32)
+
+
+def ragged(words, lens, max_words: int):
+    """Flattens rows ``words[i, :lens[i]]`` into one buffer ([max_words], total)."""
+    n, width = words.shape
+    starts = jnp.cumsum(lens) - lens
+    pos = starts[:, None] + jnp.arange(width)[None, :]
+    pos = jnp.where(jnp.arange(width)[None, :] < lens[:, None], pos, max_words)
+    out = jnp.zeros((max_words,), jnp.int32).at[pos.reshape(-1)].set(words.reshape(-1), mode="drop")
+    return out, jnp.sum(lens).astype(jnp.int32)
+
+
+def _pad(ws, width):
+    ws = jnp.asarray(ws, jnp.int32)
+    return jnp.zeros((width,), jnp.int32).at[: ws.shape[0]].set(ws), ws.shape[0]
+
+
+def name_words(enc):
+    """[3] words of an object's name (colour, [state], type) and their count."""
+    c = jnp.asarray(bw.COLOR_W)[enc[1]]
+    s = jnp.asarray(bw.STATE_W)[jnp.clip(enc[2], 0, 2)]
+    o = jnp.asarray(bw.OBJECT_W)[enc[0]]
+    is_door = enc[0] == DOOR
+    return jnp.where(is_door, jnp.stack([c, s, o]), jnp.stack([c, o, 0])), jnp.where(is_door, 3, 2)
+
+
+def _cat(parts, width):
+    """Concatenates (words, n) parts into a [width] row."""
+    out = jnp.zeros((width,), jnp.int32)
+    off = jnp.int32(0)
+    for ws, n in parts:
+        ws = jnp.asarray(ws, jnp.int32)
+        m = ws.shape[0]
+        idx = jnp.where(jnp.arange(m) < n, off + jnp.arange(m), width)
+        out = out.at[idx].set(ws, mode="drop")
+        off = off + n
+    return out, off
+
+
+def entry_words(enc, fr, cnt):
+    """One "There is a grey key 1 1 steps in front of you and 1 steps to your left.  " entry."""
+    nums = jnp.asarray(bw.NUM)
+    name, nn = name_words(enc)
+    f, r = fr[0], fr[1]
+    ahead = jnp.stack([_w("right"), _w("in"), _w("front"), _w("of"), _w("you")]).reshape(-1)
+    ahead = jnp.concatenate([ahead, jnp.stack([nums[f]]), _w("steps away."), _w("")])
+    side_word = jnp.where(r > 0, bw.wid("right."), bw.wid("left."))
+    side = jnp.concatenate(
+        [
+            jnp.stack([nums[f]]),
+            _w("steps in front of you and"),
+            jnp.stack([nums[jnp.abs(r)]]),
+            _w("steps to your"),
+            jnp.stack([side_word]),
+            _w(""),
+        ]
+    )
+    pos_w = jnp.where(
+        r == 0, jnp.concatenate([ahead, jnp.zeros((13 - ahead.shape[0],), jnp.int32)]), side
+    )
+    pos_n = jnp.where(r == 0, ahead.shape[0], side.shape[0])
+    return _cat(
+        [(_w("There is a"), 3), (name, nn), (jnp.stack([nums[cnt]]), 1), (pos_w, pos_n)],
+        ENTRY_WORDS,
+    )
+
+
+def description(an: Analysis, w: World, max_words: int):
+    """Upstream's description: objects, barrier, carried item ([max_words], n)."""
+    nums = jnp.asarray(bw.NUM)
+    entries = jax.vmap(entry_words)(an.slot_enc, an.slot_fr, an.desc_cnt)
+    lens = jnp.where(jnp.arange(K) < an.n_slots, entries[1], 0)
+    ent, ent_n = ragged(entries[0], lens, K * ENTRY_WORDS)
+    head_some = _w("In front of you in this room, you can see several objects:")
+    intro = _w("The room has walls around you.")
+    head_none = _w("You cannot see any objects within sight.The room has walls around you.")
+    bar = jnp.concatenate(
+        [
+            _w("You are facing a"),
+            jnp.stack([jnp.where(an.barrier_type == BOX, bw.wid("box"), bw.wid("wall"))]),
+        ]
+    )
+    bar = jnp.concatenate([bar, jnp.stack([nums[an.barrier_dis]]), _w("steps away.")])
+    carry_name = jnp.stack(
+        [jnp.asarray(bw.COLOR_W)[w.carrying[1]], jnp.asarray(bw.OBJECT_DOT_W)[w.carrying[0]]]
+    )
+    carry_yes = jnp.concatenate([_w("You are carrying a"), carry_name])
+    carry_no = _w("You are not carrying anything.")
+    carrying = w.carrying_id > 0
+    parts = [
+        (head_some, jnp.where(an.any_obj, head_some.shape[0], 0)),
+        (ent, jnp.where(an.any_obj, ent_n, 0)),
+        (intro, jnp.where(an.any_obj, intro.shape[0], 0)),
+        (head_none, jnp.where(an.any_obj, 0, head_none.shape[0])),
+        (bar, jnp.where(an.has_barrier, bar.shape[0], 0)),
+        (carry_yes, jnp.where(carrying, carry_yes.shape[0], 0)),
+        (carry_no, jnp.where(carrying, 0, carry_no.shape[0])),
+    ]
+    return _cat(parts, max_words)
+
+
+def action_words(an: Analysis):
+    """Words of every action's text ([NUM_ACTIONS, 8], lengths)."""
+    fixed = [
+        "turn left",
+        "turn right",
+        "move forward",
+        "toggle",
+        "drop",
+        "check available actions",
+        "",
+        "",
+    ]
+    rows = []
+    lens = []
+    for t in fixed:
+        ids = bw.ids(t) if t else []
+        rows.append(ids + [0] * (WORDS_PER_ACTION - len(ids)))
+        lens.append(len(ids))
+    fixed_rows = jnp.asarray(np.array(rows, np.int32))
+    nums = jnp.asarray(bw.NUM)
+    verbs = [_w("pickup"), _w("go to"), _w("go through"), _w("toggle and go through")]
+
+    def slot_rows(enc, n_pick, n_goto, n_door):
+        name, nn = name_words(enc)
+        out = []
+        for v, num in zip(verbs, (n_pick, n_goto, n_door, n_door), strict=True):
+            out.append(
+                _cat([(v, v.shape[0]), (name, nn), (jnp.stack([nums[num]]), 1)], WORDS_PER_ACTION)
+            )
+        return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
+
+    n = an.num
+    sw, sl = jax.vmap(slot_rows)(
+        an.slot_enc,
+        n[N_FIXED : N_FIXED + K],
+        n[N_FIXED + K : N_FIXED + 2 * K],
+        n[N_FIXED + 2 * K : N_FIXED + 3 * K],
+    )
+    # [K, 4, 8] -> verb-major [4 * K, 8]
+    sw = jnp.transpose(sw, (1, 0, 2)).reshape(4 * K, WORDS_PER_ACTION)
+    sl = jnp.transpose(sl, (1, 0)).reshape(4 * K)
+    return jnp.concatenate([fixed_rows, sw]), jnp.concatenate(
+        [jnp.asarray(lens, jnp.int32), sl]
+    ).astype(jnp.int32)
+
+
+def action_list(an: Analysis, style: int, max_words: int):
+    """The legal actions in upstream's order; style 0: ``["a", "b"]``, 1: ``a, b`` (check)."""
+    words, lens = action_words(an)
+    key = jnp.where(an.legal, an.order, 1 << 20)
+    perm = jnp.argsort(key, stable=True)
+    n_legal = jnp.sum(an.legal)
+    words, lens = words[perm], jnp.where(jnp.arange(NUM_ACTIONS) < n_legal, lens[perm], 0)
+    idx = jnp.arange(NUM_ACTIONS)
+    first_last = n_legal - 1
+    var = jnp.asarray(bw.VARIANT)
+    if style == 0:
+        pre = jnp.where(idx == 0, 2, 1)
+        suf = jnp.where(idx == first_last, 2, 1)
+    else:
+        pre = jnp.zeros_like(idx)
+        suf = jnp.where(idx == first_last, 0, 3)
+    last = jnp.clip(lens - 1, 0, WORDS_PER_ACTION - 1)
+    first_w = words[:, 0]
+    last_w = words[idx, last]
+    single = lens == 1
+    w0 = jnp.where(single, var[first_w, pre, suf], var[first_w, pre, 0])
+    words = words.at[:, 0].set(w0)
+    lw = var[last_w, 0, suf]
+    words = words.at[idx, last].set(jnp.where(single, w0, lw))
+    return ragged(words, lens, max_words)
+
+
+def glue(ws, n, kind):
+    """Joins the last word of ``ws[:n]`` with a newline-kind (`babyai_words.GLUE_KINDS`)."""
+    last = jnp.clip(n - 1, 0, ws.shape[0] - 1)
+    return ws.at[last].set(jnp.asarray(bw.GLUE)[ws[last], kind])
+
+
+def _door_dict(an: Analysis, k):
+    """Upstream's ``str(cnt_door)`` printed in the no-path error for a door slot ``k``."""
+    nums = jnp.asarray(bw.NUM)
+    ks = jnp.arange(K)
+    door = (an.slot_enc[:, 0] == DOOR) & (ks < an.n_slots)
+    same = jnp.all(an.slot_enc[:, None, :] == an.slot_enc[None, :, :], -1)
+    upto = ks <= k
+    first_occ = door & (an.desc_cnt == 1) & upto
+    count = jnp.sum(same & (door & upto)[None, :], 1)
+    n_entries = jnp.sum(first_occ)
+    rank = jnp.cumsum(first_occ) - 1
+    col = jnp.asarray(bw.COLOR_W)[an.slot_enc[:, 1]]
+    col_first = jnp.asarray([bw.wid("{'" + c) for c in bw.COLORS])[an.slot_enc[:, 1]]
+    col_other = jnp.asarray([bw.wid("'" + c) for c in bw.COLORS])[an.slot_enc[:, 1]]
+    del col
+    state = jnp.asarray(bw.STATE_W)[jnp.clip(an.slot_enc[:, 2], 0, 2)]
+    is_last = rank == n_entries - 1
+    num_w = jnp.where(
+        is_last,
+        jnp.asarray([bw.wid(f"{i}}},") for i in range(bw.MAX_NUMBER + 1)])[count],
+        jnp.asarray([bw.wid(f"{i},") for i in range(bw.MAX_NUMBER + 1)])[count],
+    )
+    del nums
+    rows = jnp.stack(
+        [
+            jnp.where(rank == 0, col_first, col_other),
+            state,
+            jnp.full((K,), bw.wid("door':")),
+            num_w,
+        ],
+        1,
+    )
+    # entries in order of first occurrence == slot order
+    return ragged(rows, jnp.where(first_occ, 4, 0), 4 * K)
+
+
+def error_words(an: Analysis, w: World, action, compat: bool, max_words: int = 48):
+    """Upstream's error message for an action that is not available ([max_words], n)."""
+    verb = (action - N_FIXED) // K
+    k = jnp.clip((action - N_FIXED) % K, 0, K - 1)
+    enc = an.slot_enc[k]
+    in_slot = (action >= N_FIXED) & (k < an.n_slots)
+    st = enc[0]
+    name, nn = name_words(enc)
+    nums = jnp.asarray(bw.NUM)
+    del nums
+    num_comma = jnp.asarray([bw.wid(f"{i},") for i in range(bw.MAX_NUMBER + 1)])
+    num = jnp.stack(
+        [num_comma[an.num[jnp.clip(action, 0, NUM_ACTIONS - 1)]]]
+    )  # "1," of "door 1, as"
+    no_path = _w("as there is no path leading to it.")
+    carrying = w.carrying_id > 0
+    pickable = (st == KEY) | (st == BALL) | (st == BOX) | (st == LAVA)
+    gotoable = pickable | (st == DOOR)
+    unknown = _w("The action is not recognized. Please check valid actions.")
+    msgs = []
+    conds = []
+    conds.append(action == A_FORWARD)
+    msgs.append((_w("There is a barrier in front of you, you can't move forward."), 12))
+    conds.append((action == A_DROP) & ~carrying)
+    msgs.append((_w("You cannot drop the object, as you are not carrying anything."), 11))
+    conds.append((action == A_DROP) & carrying)
+    msgs.append(
+        (_w("You cannot drop the object, as there is already an object in front of you."), 14)
+    )
+    conds.append(action == A_EMPTY)
+    msgs.append((_w("No change in state."), 4))
+    conds.append(in_slot & (verb == V_PICKUP) & ~carrying & pickable)
+    msgs.append(_cat([(_w("You cannot pickup"), 3), (name, nn), (num, 1), (no_path, 7)], max_words))
+    conds.append(in_slot & (verb == V_GOTO) & gotoable)
+    msgs.append(_cat([(_w("You cannot go to"), 4), (name, nn), (num, 1), (no_path, 7)], max_words))
+    door_open = enc[2] == OPEN
+    door_closed = enc[2] == CLOSED
+    door_locked = enc[2] == LOCKED
+    conds.append(in_slot & (verb == V_THROUGH) & (st == DOOR) & door_open)
+    msgs.append(
+        _cat([(_w("You cannot go through"), 4), (name, nn), (num, 1), (no_path, 7)], max_words)
+    )
+    conds.append(in_slot & (verb == V_THROUGH) & (st == DOOR) & door_closed)
+    closed = _w("as it is closed. You should toggle it first.")
+    msgs.append(
+        _cat(
+            [(_w("You cannot go through"), 4), (name, nn), (num, 1), (closed, closed.shape[0])],
+            max_words,
+        )
+    )
+    tg = _w("You cannot toggle and go through")
+    key_ok = carrying & (w.carrying[0] == KEY)
+    colour_ok = key_ok & (w.carrying[1] == enc[1])
+    conds.append(in_slot & (verb == V_TOGGLE_THROUGH) & (st == DOOR) & door_locked & ~key_ok)
+    nokey = _w("as you are not carrying a key.")
+    msgs.append(_cat([(tg, 6), (name, nn), (num, 1), (nokey, nokey.shape[0])], max_words))
+    conds.append(
+        in_slot & (verb == V_TOGGLE_THROUGH) & (st == DOOR) & door_locked & key_ok & ~colour_ok
+    )
+    wrong = _w("as the color of the key you are carrying does not match the color of door.")
+    msgs.append(_cat([(tg, 6), (name, nn), (num, 1), (wrong, wrong.shape[0])], max_words))
+    conds.append(
+        in_slot
+        & (verb == V_TOGGLE_THROUGH)
+        & (st == DOOR)
+        & (door_closed | (door_locked & colour_ok))
+    )
+    if compat:
+        dct, dn = _door_dict(an, k)
+        msgs.append(_cat([(tg, 6), (name, nn), (dct, dn), (no_path, 7)], max_words))
+    else:
+        msgs.append(_cat([(tg, 6), (name, nn), (num, 1), (no_path, 7)], max_words))
+    out = _pad(unknown, max_words)
+    for c, (ws, n) in reversed(list(zip(conds, msgs, strict=True))):
+        if ws.shape[0] != max_words:
+            ws, n = _pad(ws, max_words)
+        out = (jnp.where(c, ws, out[0]), jnp.where(c, n, out[1]))
+    return out

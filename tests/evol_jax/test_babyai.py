@@ -1,0 +1,198 @@
+"""evol_jax.envs.babyai: parity with AgentGym's recorded BabyAI server and with minigrid."""
+
+import collections
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("minigrid")
+
+from evol_jax.envs import babyai_core as core  # noqa: E402
+from evol_jax.envs.babyai import BabyAI, make_minigrid  # noqa: E402
+from evol_jax.envs.babyai_import import world_from_minigrid, world_from_record  # noqa: E402
+
+DATA = os.path.join(
+    os.path.dirname(__file__),
+    "..",
+    "..",
+    "..",
+    "shared",
+    "data",
+    "agentgym",
+    "babyai_transcripts.jsonl",
+)
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    if not os.path.exists(DATA):
+        pytest.skip(f"parity data not found: {DATA}")
+    eps = collections.defaultdict(list)
+    with open(DATA) as f:
+        for line in f:
+            r = json.loads(line)
+            eps[r["episode"]].append(r)
+    return eps
+
+
+@pytest.fixture(scope="module")
+def env():
+    return BabyAI(agentgym_compat=True, max_rounds=None)
+
+
+@pytest.fixture(scope="module")
+def jitted(env):
+    return jax.jit(env.step), jax.jit(core.plan_for)
+
+
+def _mismatches(env, plan_for, s, r):
+    bad = []
+    p, st = r["payload"], r["state"]
+    if env.render_text(s) != p["observation"]:
+        bad.append("observation")
+    if abs(float(s.env_reward) - p["reward"]) > 1e-5:
+        bad.append("reward")
+    if abs(float(s.score) - p["score"]) > 1e-4:
+        bad.append("score")
+    if bool(s.done) != p["done"]:
+        bad.append("done")
+    w = jax.device_get(s.world)
+    width, height = st["width"], st["height"]
+    if not np.array_equal(w.grid[:width, :height], np.array(st["grid"])):
+        bad.append("grid")
+    if list(w.agent_pos) != st["agent_pos"] or int(w.agent_dir) != st["agent_dir"]:
+        bad.append("agent")
+    if int(w.step_count) != st["step_count"]:
+        bad.append("step_count")
+    c = st["carrying"]
+    if (c is None) != (int(w.carrying_id) == 0) or (
+        c is not None
+        and [int(w.carrying[0]), int(w.carrying[1])] != [_T[c["type"]], _C[c["color"]]]
+    ):
+        bad.append("carrying")
+    avail = env.available_actions(s)
+    if list(avail) != list(r["action_space"]):
+        bad.append("action_space")
+    else:
+        for text, i in avail.items():
+            plan, n = plan_for(s.an, jnp.int32(i))
+            if list(np.asarray(plan)[: int(n)]) != r["action_space"][text]:
+                bad.append(f"plan {text}")
+                break
+    return bad
+
+
+_T = {"key": 5, "ball": 6, "box": 7}
+_C = {c: i for i, c in enumerate(("red", "green", "blue", "purple", "yellow", "grey"))}
+
+
+def _replay(env, jitted, rs):
+    step, plan_for = jitted
+    r0 = rs[0]
+    s, _ = env.reset_from_minigrid(level=r0["level_num"], seed=r0["seed"])
+    ok = 0
+    for r in rs:
+        if r["step"] > 0:
+            if "error" in r["payload"]:  # the server refuses steps after done
+                assert bool(s.done)
+                continue
+            s, ts = step(s, jnp.int32(env.action_from_text(r["action"], s)))
+            assert not bool(s.overflow)
+        bad = _mismatches(env, plan_for, s, r)
+        if bad:
+            return ok, (r0["episode"], r["step"], r["action"], bad)
+        ok += 1
+    return ok, None
+
+
+# Episodes with doors, closed-door errors, strict levels, sequences, carrying, late successes.
+SUBSET = [0, 3, 11, 14, 16, 25]
+
+
+@pytest.mark.slow  # compiles step (~25-60 s on a 2-core CPU)
+def test_parity_subset(env, jitted, episodes):
+    for e in SUBSET:
+        ok, fail = _replay(env, jitted, episodes[e])
+        assert fail is None, fail
+
+
+@pytest.mark.slow
+def test_parity_all_episodes(env, jitted, episodes):
+    total = passed = 0
+    fails = []
+    for _e, rs in sorted(episodes.items()):
+        ok, fail = _replay(env, jitted, rs)
+        n = sum(1 for r in rs if "error" not in r["payload"])
+        total += n
+        passed += ok if fail else n
+        if fail:
+            fails.append(fail)
+    print(f"babyai parity: {passed}/{total} records; failing episodes: {fails}")
+    assert not fails, fails[:5]
+
+
+def test_reset_from_record_equals_minigrid_import(env, episodes):
+    init = jax.jit(env.init_state)
+    for e in (0, 7, 21, 35):
+        r0 = episodes[e][0]
+        wa, ga = world_from_minigrid(make_minigrid(r0["level_num"], r0["seed"]))
+        wb, gb = world_from_record(r0["state"])
+        assert ga == gb
+        g, n = env._goal_ids(ga)
+        sa, _ = init(wa, g, jnp.int32(n))
+        sb, _ = init(wb, g, jnp.int32(n))
+        assert env.render_text(sa) == env.render_text(sb) == r0["payload"]["observation"]
+
+
+def test_primitives_and_view_match_minigrid():
+    """Random primitives: core.prim_step + view_image == minigrid's step and obs image."""
+    prim = jax.jit(core.prim_step)
+    view = jax.jit(core.view_image)
+    rng = np.random.default_rng(0)
+    for level, seed in ((1, 5), (12, 3), (24, 1), (26, 2)):
+        menv = make_minigrid(level, seed)
+        u = menv.unwrapped
+        w, _ = world_from_minigrid(menv)
+        for _ in range(60):
+            a = int(rng.choice(6, p=[0.2, 0.2, 0.3, 0.1, 0.1, 0.1]))
+            _, r_ref, term_ref, _, _ = u.step(a)
+            w, r, term = prim(w, jnp.int32(a))
+            img = np.asarray(view(w))
+            assert np.array_equal(img, u.gen_obs()["image"]), (level, seed, a)
+            enc = u.grid.encode()
+            assert np.array_equal(np.asarray(w.grid)[: u.width, : u.height], enc)
+            assert list(np.asarray(w.agent_pos)) == list(u.agent_pos)
+            assert int(w.agent_dir) == u.agent_dir
+            assert abs(float(r) - r_ref) < 1e-6 and bool(term) == term_ref
+
+
+def test_action_text_round_trip(env, episodes):
+    r0 = episodes[0][0]
+    s, _ = env.reset_from_minigrid(level=r0["level_num"], seed=r0["seed"])
+    avail = env.available_actions(s)
+    assert list(avail) == list(r0["action_space"])
+    for text, i in avail.items():
+        assert env.action_text(i, s) == text
+        assert env.action_from_text("  " + text.upper() + " ", s) == i
+    assert env.action_from_text("jump", s) == core.A_UNKNOWN
+    assert env.action_from_text("", s) == core.A_EMPTY
+    assert env.action_from_text("please check", s) == core.A_CHECK
+
+
+def test_bad_inputs(env):
+    with pytest.raises(ValueError, match="level must be in 1..40"):
+        make_minigrid(41, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        env.action_text(core.NUM_ACTIONS + 3)
+    with pytest.raises(ValueError, match="has no 'grid'"):
+        world_from_record({"agent_pos": [1, 1]})
+    with pytest.raises(ValueError, match="cannot parse"):
+        from evol_jax.envs.babyai_import import parse_mission
+
+        parse_mission("dance with the red ball")
+    with pytest.raises(ValueError, match="no instance bank"):
+        env.reset(jax.random.key(0), jnp.int32(0))
