@@ -1,0 +1,106 @@
+"""AgentEvol loop: success filter, reward weights, merges, resume without losing explored data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from core_jax.nn import Transformer, TransformerConfig
+from evol_jax import envs
+from evol_jax import evol as evol_mod
+from evol_jax.demo import expert_records, tokenizer_corpus
+from evol_jax.evol import EvolConfig, Evolver, select_explored
+from evol_jax.policy_tokenizer import PolicyTokenizer, train_policy_tokenizer
+from evol_jax.sampler import PolicyCodec
+from evol_jax.train import BCConfig
+
+
+def _rec(env, idx, reward):
+    return {"item_id": f"{env}_{idx}", "conversations": [], "reward": reward}
+
+
+def test_select_filter_and_weights():
+    recs = [_rec("maze", 1, 1.0), _rec("maze", 1, 1.0), _rec("maze", 2, 0.5),
+            _rec("babyai", 3, 0.4), _rec("babyai", 4, 0.0), _rec("maze", 5, -1.0)]  # fmt: skip
+    kept = select_explored(recs, EvolConfig())
+    assert [r["item_id"] for r, _ in kept] == ["maze_1", "babyai_3"]  # one per instruction
+    assert all(w == 1.0 for _, w in kept)
+    kept = select_explored(recs, EvolConfig(reward_weighted=True))
+    assert [(r["item_id"], w) for r, w in kept] == [
+        ("maze_1", 1.0), ("maze_1", 1.0), ("maze_2", 0.5), ("babyai_3", 0.4)
+    ]  # fmt: skip
+    kept = select_explored(recs, EvolConfig(thresholds={"maze": 0.4}))
+    assert [r["item_id"] for r, _ in kept] == ["maze_1", "maze_2", "babyai_3"]
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="init_from"):
+        EvolConfig(init_from="scratch")
+    with pytest.raises(ValueError, match="merge"):
+        EvolConfig(merge="all")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evol")
+    tok = PolicyTokenizer(
+        train_policy_tokenizer(tokenizer_corpus(["maze"], {"maze": range(3)}), str(d / "t"), 500)
+    )
+    cfg = TransformerConfig(vocab_size=tok.vocab_size, d_model=32, num_layers=1, num_heads=2,
+                            mlp_dim=64, mlp="swiglu", norm="rmsnorm", max_len=8192)  # fmt: skip
+    return tok, Transformer(cfg), expert_records(envs.make("maze"), [0, 1])
+
+
+def _evolver(workdir, setup, merge="cumulative"):
+    tok, model, d_s = setup
+    env = envs.make("maze", codec=PolicyCodec(tok), max_rounds=3)
+    return Evolver(
+        str(workdir), model, tok, {"maze": env}, d_s, explore={"maze": [2, 3, 4, 5]},
+        evaluate={"maze": [20, 21]},
+        bc=BCConfig(peak_lr=1e-3, micro_batch=8, grad_accum=1, seq_len=2048, epochs=1),
+        cfg=EvolConfig(iterations=2, merge=merge, temperature=1.0), log=lambda *_: None,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_keeps_explored_data(tmp_path, setup, monkeypatch):
+    ev = _evolver(tmp_path, setup)
+    real_train = evol_mod.train_bc
+    calls = {"n": 0}
+
+    def crash_on_iter_1(model, examples, cfg, **kw):
+        calls["n"] += 1
+        if "iter_1" in kw["workdir"]:
+            raise KeyboardInterrupt  # the run is stopped during the first learning phase
+        return real_train(model, examples, cfg, **kw)
+
+    monkeypatch.setattr(evol_mod, "train_bc", crash_on_iter_1)
+    with pytest.raises(KeyboardInterrupt):
+        ev.run()
+    path = tmp_path / "iter_1" / "explored.jsonl"
+    explored = evol_mod.read_jsonl(str(path))
+    assert len(explored) == 4 and all("reward" in r for r in explored)
+    before = path.read_bytes()
+    monkeypatch.setattr(evol_mod, "train_bc", real_train)
+    ev2 = _evolver(tmp_path, setup)
+    sampled = []
+    for s in ev2.samplers.values():
+        orig = s.run
+        s.run = lambda *a, _o=orig, **k: sampled.append(k.get("temperature")) or _o(*a, **k)
+    results = ev2.run()
+    assert path.read_bytes() == before  # iteration 1 was not explored again
+    # Resumed: iteration 1's exploration is reused; only evaluations and iteration 2 sample.
+    assert sampled.count(1.0) == 1
+    assert set(results) == {0, 1, 2}
+    for m in results:
+        assert 0 <= results[m]["maze"]["success"] <= 100
+    summary = json.load(open(tmp_path / "results.json"))
+    assert set(summary["results"]) == {"0", "1", "2"}
+    assert os.path.getsize(tmp_path / "evolution.png") > 0
+    assert "BC_base" in (tmp_path / "results.md").read_text()
+    state = json.load(open(tmp_path / "state.json"))
+    assert state["done"][:3] == ["learn_0", "eval_0", "explore_1"]
+    assert np.isfinite(results[2]["mean_score"])
