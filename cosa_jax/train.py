@@ -350,7 +350,7 @@ def _select(pred: Array, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
-def _train_step(state: CoSAState, batch: MSABatch) -> tuple[CoSAState, dict]:
+def _grads(state: CoSAState, batch: MSABatch):
     cfg = state.cfg
     bsz = batch.labels.shape[0]
     if bsz != cfg.data.batch_size:
@@ -363,6 +363,19 @@ def _train_step(state: CoSAState, batch: MSABatch) -> tuple[CoSAState, dict]:
     (total, (aux, extra)), grads = grad_fn(
         state.params, state, batch, sample, gate.astype(jnp.float32), (k_head, k_c1, k_c2, k_c3)
     )
+    return total, aux, extra, grads, gate
+
+
+def loss_and_grads(state: CoSAState, batch: MSABatch) -> tuple[Array, dict, dict]:
+    """The step's objective, its parts and the gradients ``{"model", "actor", "critic"}``
+    (before the optimizer; what :func:`train_step` applies). Pure: jit it or call it eagerly."""
+    total, aux, _, grads, _ = _grads(state, batch)
+    return total, aux, grads
+
+
+def _train_step(state: CoSAState, batch: MSABatch) -> tuple[CoSAState, dict]:
+    cfg = state.cfg
+    total, aux, extra, grads, gate = _grads(state, batch)
     tx = make_tx(cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda u: -state.lr * u, updates)
@@ -421,7 +434,13 @@ def _strip(batch: MSABatch) -> MSABatch:
 
 
 def train_epoch(
-    state: CoSAState, data: Dataset, *, bar: Any = None, donate: bool = True
+    state: CoSAState,
+    data: Dataset,
+    *,
+    bar: Any = None,
+    donate: bool = True,
+    step_fn: Any = None,
+    history: list | None = None,
 ) -> tuple[CoSAState, dict[str, float]]:
     """One pass over ``data`` (shuffled by ``(seed, epoch)``, ``drop_last`` per config).
 
@@ -431,12 +450,15 @@ def train_epoch(
       data: the training split.
       bar: optional progress bar (``update(1)`` per step).
       donate: use :data:`train_step_donated` (the input state must not be reused).
+      step_fn: a replacement for the step function (e.g. a trace-counting jit in tests).
+      history: if given, each step's metrics (device arrays) are appended to it.
 
     Returns:
       ``(state, mean of each step metric over the epoch)``.
     """
     cfg = state.cfg
-    step_fn = train_step_donated if donate else train_step
+    if step_fn is None:
+        step_fn = train_step_donated if donate else train_step
     sums: dict[str, Array] = {}
     n = 0
     for batch in iterate_batches(
@@ -444,6 +466,8 @@ def train_epoch(
         drop_last=cfg.data.drop_last,
     ):  # fmt: skip
         state, m = step_fn(state, _strip(batch))
+        if history is not None:
+            history.append(m)
         sums = m if not sums else jax.tree_util.tree_map(jnp.add, sums, m)
         n += 1
         if bar is not None:
