@@ -106,7 +106,7 @@ def patch_position_ids(intervals: torch.Tensor, generator: torch.Generator | Non
     if generator is None:
         return torch.round((lo + hi - 1).double() / 2.0).long()
     width = torch.clamp(hi - lo, min=1)
-    u = torch.rand(lo.shape, generator=generator)
+    u = torch.rand(lo.shape, generator=generator, device=generator.device)
     return lo + torch.clamp((u * width).long(), max=width - 1)
 
 
@@ -164,7 +164,7 @@ class TorchGato(nn.Module):
         tcfg = t.cfg
         x = self.embed_inputs(inputs, generator)
         b, seq = x.shape[:2]
-        positions = torch.arange(seq).expand(b, seq)
+        positions = torch.arange(seq, device=x.device).expand(b, seq)
         if tcfg.positions == "learned":
             x = x + t.pos_embedding[positions]
         rope_cs = rope_tables(tcfg, positions) if tcfg.positions == "rope" else None
@@ -181,7 +181,7 @@ class TorchGato(nn.Module):
     def _drop_path(y: torch.Tensor, p: float, generator) -> torch.Tensor:
         if generator is None or p == 0.0:
             return y
-        keep = torch.rand((y.shape[0], 1, 1), generator=generator) < 1.0 - p
+        keep = torch.rand((y.shape[0], 1, 1), generator=generator, device=y.device) < 1.0 - p
         return torch.where(keep, y / (1.0 - p), torch.zeros_like(y))
 
 

@@ -22,6 +22,7 @@ import sys
 BENCHMARKS = {
     "transformer_step": "benchmarks.transformer_step",
     "gato_tokenize": "benchmarks.gato_tokenize",
+    "gato_step": "benchmarks.gato_step",
 }
 
 
