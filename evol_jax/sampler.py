@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -175,9 +176,19 @@ class DeviceSampler:
       model: the policy :class:`core_jax.nn.Transformer`.
       tokenizer: the policy tokenizer (``encode``, ``eos_id``, ``bos_id``).
       rounds: rounds per episode (default ``env.max_rounds``).
+      max_cache_len: cap on the KV-cache capacity (default: the worst case, prefix plus every
+        round's longest action and longest observation chunk). Rows that outgrow a smaller cap
+        are flagged in `SampleOutput.overflow` (their later actions are unreliable).
     """
 
-    def __init__(self, env: Env, model: Transformer, tokenizer, rounds: int | None = None):
+    def __init__(
+        self,
+        env: Env,
+        model: Transformer,
+        tokenizer,
+        rounds: int | None = None,
+        max_cache_len: int | None = None,
+    ):
         if not isinstance(env.codec, PolicyCodec) or env.codec.tokenizer is not tokenizer:
             raise ValueError(
                 f"{env.name}: the env must be built with codec=PolicyCodec(tokenizer) of this "
@@ -190,6 +201,7 @@ class DeviceSampler:
             )
         self.env, self.model, self.tokenizer = env, model, tokenizer
         self.rounds = int(rounds or env.max_rounds)
+        self.max_cache_len = max_cache_len
         table, lengths = action_table(env, tokenizer)
         self.table, self.table_len = table, lengths
         self.open_human = np.asarray(tokenizer.encode(LLAMA2.bos + "[INST]"), np.int32)
@@ -314,7 +326,10 @@ class DeviceSampler:
 
     def cache_len(self, prefix_len: int) -> int:
         """KV capacity: prefix plus every round's action tokens and human chunk."""
-        return int(prefix_len + self.rounds * (self.table.shape[1] + self.chunk_width))
+        worst = int(prefix_len + self.rounds * (self.table.shape[1] + self.chunk_width))
+        if self.max_cache_len is None:
+            return worst
+        return min(worst, max(int(self.max_cache_len), prefix_len + self.chunk_width))
 
     # ------------------------------------------------------------------------------------ API
     def row_keys(self, seed: int, iteration: int, indices, sample_ids_: Sequence[int]):
@@ -474,3 +489,150 @@ def host_reference_episode(sampler: DeviceSampler, params, idx: int, env_key) ->
         seq += list(sampler.opener)
         legal = np.asarray(ts.legal_actions)
     return {"actions": actions, "rewards": rewards, "tokens": np.asarray(seq, np.int32)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Host path: any AgentGym HTTP server, generation batched across in-flight episodes
+# ------------------------------------------------------------------------------------------------
+
+
+class BatchedHTTPPolicy:
+    """Policy for `evol_jax.client.AgentGymClient.run_episodes` that batches generation.
+
+    Every in-flight episode awaits its next action; requests are collected for ``wait_s`` (or until
+    ``max_batch`` are pending) and answered by one jitted `core_jax.nn.decoding.generate` call
+    over the right-padded prompts (lengths bucketed to multiples of ``bucket`` so that few shapes
+    compile). The assistant turn is generated freely up to ``</s>`` and the action is the text
+    after ``"Action:\\n"`` (the whole turn when it is not in ReAct form: the server then answers
+    as it does to any invalid action).
+
+    Args:
+      model, params, tokenizer: the policy.
+      env_name: AgentGym environment name (selects the client prompt; Wordle is not supported
+        here because its first observation needs the server's filtered vocabulary).
+      max_new_tokens: generation budget per turn.
+      temperature, top_p: sampling (0 = greedy).
+      seed: PRNG seed; batch ``n`` uses ``fold_in(key(seed), n)``.
+      max_batch, wait_s, bucket: batching knobs.
+    """
+
+    def __init__(
+        self, model, params, tokenizer, env_name: str, *, max_new_tokens: int = 64,
+        temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
+        max_batch: int = 64, wait_s: float = 0.01, bucket: int = 256,
+    ):  # fmt: skip
+        if env_name.lower() == "wordle":
+            raise ValueError("BatchedHTTPPolicy: wordle's first observation needs the vocabulary")
+        self.model, self.params, self.tokenizer = model, params, tokenizer
+        self.env_name = env_name.lower()
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.key = jax.random.key(seed)
+        self.max_batch, self.wait_s, self.bucket = max_batch, wait_s, bucket
+        self.first_obs: dict[int, str] = {}
+        self.turns: dict[int, list[str]] = {}
+        self.num_batches = 0
+        self.batch_sizes: list[int] = []
+        self._pending: list = []
+        self._flush_task = None
+        from core_jax.nn.decoding import generate
+
+        self._generate = jax.jit(
+            partial(generate, model, eos_id=tokenizer.eos_id, max_new_tokens=max_new_tokens,
+                    top_p=top_p),
+            static_argnames=("cache_len",),
+        )  # fmt: skip
+
+    def conversation(self, idx: int, obs: str, history) -> list[dict]:
+        """The AgentTraj turns so far (first call for ``idx`` records its first observation)."""
+        if not history:
+            self.first_obs[idx] = agenttraj.client_first_observation(self.env_name, obs)
+            self.turns[idx] = []
+        conv = prompts.conversation_start(self.env_name)
+        conv.append({"from": "human", "loss": None, "value": self.first_obs[idx]})
+        for turn, (_, reply) in zip(self.turns[idx], history, strict=True):
+            conv.append({"from": "gpt", "loss": True, "value": turn})
+            conv.append({"from": "human", "loss": None, "value": str(reply.get("observation", ""))})
+        return conv
+
+    async def __call__(self, idx: int, obs: str, history):
+        import asyncio
+
+        conv = self.conversation(idx, obs, history)
+        toks, _ = tokenize_conversation(conv, self.tokenizer, LLAMA2)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((toks, fut))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().call_later(self.wait_s, self._flush)
+        text = await fut
+        self.turns[idx].append(text)
+        return parse_action(text)
+
+    def _flush(self):
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        if not batch:
+            return
+        try:
+            texts = self.generate([t for t, _ in batch])
+        except Exception as e:  # every waiting episode fails with the reason
+            for _, fut in batch:
+                fut.set_exception(e)
+            return
+        for (_, fut), text in zip(batch, texts, strict=True):
+            fut.set_result(text)
+        if self._pending:
+            self._flush()
+
+    def generate(self, prompts_: Sequence[np.ndarray]) -> list[str]:
+        """Batched generation for token prompts; returns the assistant turn texts."""
+        n = len(prompts_)
+        width = -(-max(len(p) for p in prompts_) // self.bucket) * self.bucket
+        rows = -(-n // 8) * 8  # a few fixed batch sizes
+        pad = np.zeros((rows, width), np.int32)
+        lengths = np.ones((rows,), np.int32)
+        for i, p in enumerate(prompts_):
+            pad[i, : len(p)] = p
+            lengths[i] = len(p)
+        key = jax.random.fold_in(self.key, self.num_batches)
+        toks, count = self._generate(
+            self.params, key, jnp.asarray(pad), lengths=jnp.asarray(lengths),
+            temperature=jnp.float32(self.temperature), cache_len=width + self.max_new_tokens,
+        )  # fmt: skip
+        self.num_batches += 1
+        self.batch_sizes.append(n)
+        toks, count = np.asarray(toks), np.asarray(count)
+        out = []
+        for i in range(n):
+            ids = [int(t) for t in toks[i, : count[i]] if t != self.tokenizer.eos_id]
+            text = self.tokenizer.decode(ids)
+            out.append(text[1:] if text.startswith(" ") else text)
+        return out
+
+    def records(self, batch) -> list[dict]:
+        """AgentTraj items (with ``reward``) of a `evol_jax.client.BatchResult`."""
+        items = []
+        for idx, ep in batch.episodes.items():
+            if idx not in self.first_obs:
+                continue
+            conv = prompts.conversation_start(self.env_name)
+            conv.append({"from": "human", "loss": None, "value": self.first_obs[idx]})
+            turns = self.turns[idx][: len(ep.actions)]
+            for t, turn in enumerate(turns):
+                conv.append({"from": "gpt", "loss": True, "value": turn})
+                if t + 1 < len(turns):
+                    obs = str(ep.replies[t].get("observation", ""))
+                    conv.append({"from": "human", "loss": None, "value": obs})
+            items.append({"item_id": f"{self.env_name}_{idx}", "conversations": conv,
+                          "reward": ep.reward, "success": ep.reward == 1.0,
+                          "failed": idx in batch.failed})  # fmt: skip
+        return items
+
+
+def parse_action(text: str) -> str:
+    """Action of a generated ReAct turn: the text after the last ``"Action:\\n"`` (else all)."""
+    marker = "Action:\n"
+    return text.rsplit(marker, 1)[1].strip() if marker in text else text.strip()

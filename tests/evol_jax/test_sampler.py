@@ -126,3 +126,48 @@ def test_strip_thoughts():
     out = strip_thoughts(item)
     assert out["conversations"][1]["value"] == "Thought:\n\n\nAction:\nmove up"
     assert item["conversations"][1]["value"].startswith("Thought:\nGo.")
+
+
+def test_http_host_path_batches_generation(tok):
+    import asyncio
+
+    from aiohttp import web
+
+    from evol_jax.agenttraj import validate_item
+    from evol_jax.client import AgentGymClient
+    from evol_jax.policy_data import tokenize_conversation as tc
+    from evol_jax.sampler import BatchedHTTPPolicy, parse_action
+    from evol_jax.serve import build_app, build_service
+
+    model, params = _model(tok)
+    policy = BatchedHTTPPolicy(model, params, tok, "maze", max_new_tokens=6, wait_s=0.05)
+
+    async def run():
+        runner = web.AppRunner(build_app([build_service("maze")]))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with AgentGymClient(f"http://127.0.0.1:{port}", env="maze") as client:
+                return await client.run_episodes([0, 1, 2, 3], policy, max_rounds=2)
+        finally:
+            await runner.cleanup()
+
+    batch = asyncio.run(run())
+    assert not batch.failed
+    calls = sum(len(ep.actions) for ep in batch.episodes.values())
+    assert policy.num_batches < calls and max(policy.batch_sizes) == 4
+    records = policy.records(batch)
+    assert len(records) == 4
+    for rec in records:
+        validate_item(rec)
+        ep = batch.episodes[int(rec["item_id"].split("_")[1])]
+        gpt = [t["value"] for t in rec["conversations"][3::2]]
+        assert [parse_action(g) for g in gpt] == ep.actions
+        # Batched greedy generation == the same prompt generated alone.
+        prompt, _ = tc(rec["conversations"][:3], tok)
+        assert policy.generate([prompt]) == [gpt[0]]
+    assert parse_action("Thought:\nx\n\nAction:\nmove up") == "move up"
+    with pytest.raises(ValueError, match="wordle"):
+        BatchedHTTPPolicy(model, params, tok, "wordle")
