@@ -95,8 +95,19 @@ def run_seed(
     *,
     quiet: bool = False,
     best_test_per_metric: bool = False,
-) -> dict[str, Any]:
+    stop_after: int | None = None,
+) -> dict[str, Any] | None:
     """Train one seed (resuming from ``workdir`` if it holds checkpoints) and score the test split.
+
+    Args:
+      cfg: the run config.
+      splits: train / valid / test datasets.
+      workdir: this seed's directory.
+      seed: the seed.
+      quiet: no progress output.
+      best_test_per_metric: also track Co-SA's best-test-per-metric protocol.
+      stop_after: stop after this many epochs in this call, as if killed (tests of resume);
+        returns None then.
 
     Returns:
       ``{"seed", "best_epoch", "best_valid_loss", "test": metrics}`` (+ ``"best_test_per_metric"``
@@ -120,7 +131,8 @@ def run_seed(
         cfg.train.epochs * per_epoch, desc=f"{cfg.name} seed {seed}",
         initial=start * per_epoch, disable=True if quiet else None,
     )  # fmt: skip
-    for epoch in range(start, cfg.train.epochs):
+    stop = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, start + stop_after)
+    for epoch in range(start, stop):
         state, train_m = T.train_epoch(state, splits["train"], bar=bar)
         valid = T.evaluate(state, splits["valid"])
         state = T.end_epoch(state, valid["loss"])
@@ -136,6 +148,10 @@ def run_seed(
         ckpt.save(epoch + 1, state, config=cfg_dict, data_state=position.state())
     bar.close()
     ckpt.wait_until_finished()
+    if stop < cfg.train.epochs:
+        writer.close()
+        ckpt.close()
+        return None
     test = T.evaluate(state, splits["test"], use_best=True)
     out = {
         "seed": seed,

@@ -60,6 +60,11 @@ def compat(splits):
     return _run(tiny("iemocap_code_compat"), splits, CC_EPOCHS)
 
 
+@pytest.fixture(scope="module")
+def compat_s0(splits):
+    return T.make_train_state(tiny("iemocap_code_compat"), splits["train"], 1111)
+
+
 def _first_batch(data, cfg, epoch=0):
     it = D.iterate_batches(data, cfg.data.batch_size, shuffle=True, seed=3, epoch=epoch)
     return T._strip(next(it))
@@ -151,6 +156,13 @@ def test_dpsr_paper_mode_works(paper, splits):
     assert all(v > 1e-4 for v in grads.values()), grads
 
 
+def test_dpsr_code_compat_no_acoustic_gradient_at_init(compat_s0, splits):
+    cfg = compat_s0.cfg
+    grads = _dpsr_grads(cfg, compat_s0.params["model"], _first_batch(splits["train"], cfg))
+    assert grads["audio"] == 0.0 and grads["vision"] > 0.0 and grads["text"] > 0.0
+
+
+@pytest.mark.slow
 def test_dpsr_code_compat_reproduces_official_failure(compat, splits):
     """Code-compat: DPSR sits at its ceiling 4(T+1)/(3T) for the whole run and the acoustic
     encoder receives exactly zero DPSR gradient (its term is replaced by the visual one)."""
@@ -165,6 +177,7 @@ def test_dpsr_code_compat_reproduces_official_failure(compat, splits):
         assert grads["vision"] > 0.0 and grads["text"] > 0.0
 
 
+@pytest.mark.slow
 def test_advice_has_no_effect_only_in_code_compat(paper, compat):
     # T = 6 here: the summed "self" logit is 36, so the weight is ~1 (exactly 1.0 at the official
     # T = 20, see test_models)
@@ -172,8 +185,8 @@ def test_advice_has_no_effect_only_in_code_compat(paper, compat):
     assert all(float(m["advice_self"]) < 0.9 for m in paper["hist"])
 
 
-def test_targets_and_shared_init(paper, compat):
-    p0, c0 = paper["s0"], compat["s0"]
+def test_targets_and_shared_init(paper, compat_s0):
+    p0, c0 = paper["s0"], compat_s0
     chex.assert_trees_all_equal(p0.target_params["actor"], p0.params["actor"])
     chex.assert_trees_all_equal(p0.target_params["critic"], p0.params["critic"])
     diff = lambda a, b: any(
@@ -197,7 +210,7 @@ def _official_add_batch(buf, items, cap):
     return buf + items
 
 
-def test_replay_official_add_batch_policy(compat):
+def test_replay_official_add_batch_policy():
     cap, k = 64, 16
     buf = R.init_buffer({"x": jnp.zeros(())}, cap, "drop_half_batch")
     add = jax.jit(chex.assert_max_traces(R.add_batch, n=1))
@@ -209,16 +222,20 @@ def test_replay_official_add_batch_policy(compat):
         np.testing.assert_array_equal(np.asarray(R.valid_items(buf)["x"]), np.asarray(ref))
     with pytest.raises(ValueError, match="capacity // 2"):
         R.add_batch(R.init_buffer({"x": jnp.zeros(())}, 8, "drop_half_batch"), {"x": jnp.zeros(5)})
-    # the code-compat run's buffer sizes follow the official list, one batch per step after
-    # the first (the first step only queues its half transition)
-    sizes, ref = [], []
-    for _ in range(len(compat["hist"]) - 1):
-        ref = _official_add_batch(ref, [0] * k, cap)
-        sizes.append(len(ref))
-    assert [int(m["buffer"]) for m in compat["hist"][1:]] == sizes
     # sampling without replacement draws distinct valid slots
     idx = R.sample(buf, jax.random.key(0), 16, replace=False)["x"]
     assert len(set(np.asarray(idx).tolist())) == 16
+
+
+@pytest.mark.slow
+def test_code_compat_buffer_follows_official_list(compat):
+    """The code-compat run's buffer sizes follow the official list, one batch per step after the
+    first (the first step only queues its half transition)."""
+    sizes, ref = [], []
+    for _ in range(len(compat["hist"]) - 1):
+        ref = _official_add_batch(ref, [0] * 16, 64)
+        sizes.append(len(ref))
+    assert [int(m["buffer"]) for m in compat["hist"][1:]] == sizes
 
 
 def test_reward_modes():
