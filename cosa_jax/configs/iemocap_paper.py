@@ -1,10 +1,10 @@
 """iemocap_paper: Co-SA config.
 
 paper mode: full MSD (hinge L_c), eta = T-|p-q| DPSR on all three agents, correct reward,
-residual DPSR block, usable advice temperature, copied targets, ring replay buffer; loss weights
+residual DPSR block, mean-similarity advice, copied targets, ring replay buffer; loss weights
 9/1/30/1.
 
-Command (once the CLI lands with issue 6): ``python -m cosa_jax.main --config iemocap_paper
+Command: ``python -m cosa_jax.main --config iemocap_paper
 --data DIR --workdir DIR``. Adam 2.2e-4 for the three parameter groups, batch 128 with drop_last,
 200 epochs, ReduceLROnPlateau(patience 20, factor 0.8) on validation loss.
 """
