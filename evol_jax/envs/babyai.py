@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from evol_jax.envs import babyai_core as core
+from evol_jax.envs import babyai_expert as bx
+from evol_jax.envs import babyai_gen as gen
 from evol_jax.envs import babyai_words as bw
 from evol_jax.envs.base import Env, InvalidAction, TimeStep, register
 from evol_jax.text import TextCodec, expand_words, words_to_text
@@ -93,6 +95,7 @@ class BabyAIState:
     truncated: jax.Array  # bool []
     round: jax.Array  # int32 []
     overflow: jax.Array  # bool [] an observation did not fit MAX_WORDS / max_obs_len
+    invalid: jax.Array  # bool [] reset of a level with no generator and no bank (under jit)
 
 
 def _obs_tail(an, body, n):
@@ -167,22 +170,50 @@ class BabyAI(Env):
             truncated=jnp.bool_(False),
             round=jnp.int32(0),
             overflow=an.overflow,
+            invalid=jnp.bool_(False),
         )
         return self._timestep(s, 0.0)
 
     def reset(self, key, idx):
-        """Instance ``idx`` from the bank given to `use_bank` (host-imported minigrid instances)."""
-        del key
-        if self._bank is None:
+        """Instance ``idx``: level ``idx % 40 + 1``.
+
+        Levels in `babyai_gen.NATIVE_LEVELS` are generated on device from ``key`` (same
+        distribution as AgentGym's instance ``idx``, not the same instance: minigrid's Python RNG
+        stream is not reproduced). Other levels come from the bank given to `use_bank` (row
+        ``idx % bank size``). A concrete ``idx`` of a level with neither raises ``ValueError``;
+        under jit (traced ``idx``) such a row comes back with ``state.invalid`` and ``done`` set.
+        """
+        try:
+            level = int(idx) % 40 + 1
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            level = None
+        if level is not None and level not in gen.NATIVE_LEVELS and self._bank is None:
             raise ValueError(
-                "BabyAI.reset: no instance bank; call env.use_bank(env.bank_from_minigrid(...)) "
-                "or use reset_from_minigrid / reset_from_record"
+                f"BabyAI.reset: level {level} ({LEVELS[level]}) has no native generator and there "
+                "is no instance bank; call env.use_bank(env.bank_from_minigrid(...)) or use "
+                "reset_from_minigrid / reset_from_record"
             )
-        worlds, goals, glens = self._bank
-        n = glens.shape[0]
-        i = jnp.asarray(idx, jnp.int32) % n
-        world = jax.tree.map(lambda a: a[i], worlds)
-        return self.init_state(world, goals[i], glens[i])
+        idx = jnp.asarray(idx, jnp.int32)
+        native = sorted(gen.NATIVE_LEVELS)
+        lv = idx % 40 + 1
+        branch = jnp.sum(jnp.asarray(native) < lv).astype(jnp.int32)
+        is_native = jnp.any(jnp.asarray(native) == lv)
+        branch = jnp.where(is_native, branch, len(native))
+        bank = self._bank
+
+        def bank_branch(k):
+            if bank is None:
+                return gen.generate(k, native[0])
+            worlds, goals, glens = bank
+            i = idx % glens.shape[0]
+            return jax.tree.map(lambda a: a[i], worlds), goals[i], glens[i]
+
+        branches = [lambda k, lv=lv_: gen.generate(k, lv) for lv_ in native] + [bank_branch]
+        world, goal, glen = jax.lax.switch(branch, branches, key)
+        state, ts = self.init_state(world, goal, glen)
+        invalid = ~is_native & (bank is None)
+        state = state.replace(invalid=invalid, done=state.done | invalid)
+        return state, ts.replace(done=state.done)
 
     def step(self, state: BabyAIState, action):
         compat = self.agentgym_compat
@@ -392,12 +423,26 @@ class BabyAI(Env):
     # ------------------------------------------------------------------ expert
 
     def expert_action(self, state: BabyAIState):
-        raise NotImplementedError("babyai: the scripted expert is not implemented yet")
+        """The scripted expert (`babyai_expert`): pure, jittable, vmappable; int32 []."""
+        return bx.expert_action(state.world, state.an)
 
     def expert_thought(self, state: BabyAIState, action: int) -> str:
+        """Host: "My goal is to <goal>. I need to <subgoal>. I will <action>."."""
         goal = words_to_text(bw.WORDS, jax.device_get(state.goal_words), int(state.goal_len))
         goal = goal.split("\n")[0]
-        return f"My goal is to {goal}. I will {self.action_text(int(action), state)}."
+        verb, target, _ = jax.device_get(bx.subgoal(state.world))
+        w = jax.device_get(state.world)
+        xs, ys = np.nonzero(np.asarray(target))
+        names = sorted({_name(w.grid[x, y]) for x, y in zip(xs, ys, strict=True)})
+        if int(verb) == bx.G_DROP:
+            sub = "put down what I am carrying next to the target"
+        elif names:
+            sub = f"{bx.VERB_TEXT[int(verb)]} the {' or the '.join(names)}"
+        else:
+            sub = "find my target"
+        return (
+            f"My goal is to {goal}. I need to {sub}. I will {self.action_text(int(action), state)}."
+        )
 
 
 def _name(enc) -> str:

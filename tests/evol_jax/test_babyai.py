@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("minigrid")
 
 from evol_jax.envs import babyai_core as core  # noqa: E402
+from evol_jax.envs import babyai_gen as gen  # noqa: E402
 from evol_jax.envs.babyai import BabyAI, make_minigrid  # noqa: E402
 from evol_jax.envs.babyai_import import world_from_minigrid, world_from_record  # noqa: E402
 
@@ -194,5 +195,103 @@ def test_bad_inputs(env):
         from evol_jax.envs.babyai_import import parse_mission
 
         parse_mission("dance with the red ball")
-    with pytest.raises(ValueError, match="no instance bank"):
-        env.reset(jax.random.key(0), jnp.int32(0))
+    with pytest.raises(ValueError, match=r"level 6 \(BabyAI-GoToObjMazeS7-v0\) has no native"):
+        env.reset(jax.random.key(0), jnp.int32(5))  # level 6 has no generator, no bank given
+    with pytest.raises(ValueError, match="no native generator"):
+        gen.generate(jax.random.key(0), 7)
+
+
+# ----------------------------------------------------------------------------- native generation
+
+NATIVE = sorted(gen.NATIVE_LEVELS)
+N_PER_LEVEL = 6
+
+
+@pytest.fixture(scope="module")
+def generated():
+    """Every native level's generator on ``N_PER_LEVEL`` keys, in one compiled call."""
+
+    @jax.jit
+    def run(keys):
+        return [jax.vmap(lambda k, lv=lv: gen.generate(k, lv))(keys) for lv in NATIVE]
+
+    return jax.device_get(run(jax.random.split(jax.random.key(3), N_PER_LEVEL)))
+
+
+def _objects(w, i):
+    oid = w.oid[i]
+    xs, ys = np.nonzero(oid)
+    return {
+        int(oid[x, y]): (int(x), int(y), tuple(int(v) for v in w.grid[i][x, y]))
+        for x, y in zip(xs, ys, strict=True)
+    }
+
+
+def test_native_generation_distribution_sanity(generated):
+    from evol_jax.envs import babyai_words as bw
+
+    seen_positions = set()
+    for lv, (w, goal, glen) in zip(NATIVE, generated, strict=True):
+        p = gen.NATIVE_LEVELS[lv]
+        size = p["size"]
+        for i in range(N_PER_LEVEL):
+            objs = _objects(w, i)
+            assert len(objs) == p["n"], (lv, i)  # no overlaps: every object has its own cell
+            ax, ay = (int(v) for v in w.agent_pos[i])
+            assert 1 <= ax <= size - 2 and 1 <= ay <= size - 2
+            assert tuple(w.grid[i][ax, ay]) == (core.EMPTY, 0, 0)
+            for x, y, enc in objs.values():
+                assert 1 <= x <= size - 2 and 1 <= y <= size - 2, (lv, x, y)
+                assert enc[0] in (core.KEY, core.BALL, core.BOX) and 0 <= enc[1] < 6
+                if lv == 1 and enc != (core.BALL, 0, 0):
+                    assert enc[1] == core.GREY
+            # walls: the room border and everything outside it
+            assert (w.grid[i][:size, 0, 0] == core.WALL).all()
+            assert (w.grid[i][size:, :, 0] == core.WALL).all()
+            ms = w.mission
+            set_a = {int(k) for k in np.nonzero(ms.set_a[i][0])[0]}
+            assert set_a and set_a <= set(objs)  # the mission names existing objects
+            encs = {objs[k][2] for k in set_a}
+            assert len(encs) == 1  # one description ...
+            (enc,) = encs
+            same = {k for k, o in objs.items() if o[2] == enc}
+            assert same == set_a  # ... matching every object that fits it
+            assert {(objs[k][0], objs[k][1]) for k in set_a} == set(
+                zip(*np.nonzero(ms.poss_a[i][0]), strict=True)
+            )
+            text = " ".join(bw.WORDS[t] for t in goal[i][: int(glen[i])])
+            art = "a" if len(same) > 1 else "the"
+            name = f"{art} {bw.COLORS[enc[1]]} {bw.OBJECTS[enc[0]]}"
+            if lv == 22:
+                fixed = {int(k) for k in np.nonzero(ms.set_b[i][0])[0]}
+                (fenc,) = {objs[k][2] for k in fixed}
+                assert fenc != enc and len(set(o[2] for o in objs.values())) == len(objs)
+                assert text == f"put {name} next to the {bw.COLORS[fenc[1]]} {bw.OBJECTS[fenc[0]]}"
+                assert int(ms.kind[i][0]) == 4
+            else:
+                assert text == f"go to {name}"
+                assert int(ms.kind[i][0]) == 1
+            if lv in (1, 2, 3):
+                assert enc == (core.BALL, 0, 0)
+            if lv == 9:
+                assert enc[:2] in ((core.BALL, 0), (core.BALL, 2)) and len(same) == 1
+            assert int(w.max_steps[i]) == p["max_steps"]
+            seen_positions.add((lv, ax, ay, int(w.agent_dir[i])))
+    assert len(seen_positions) > len(NATIVE) * N_PER_LEVEL // 2  # the keys are used
+
+
+def test_native_generation_matches_minigrid_counts():
+    """Native instances have minigrid's grid size, object count, max_steps and mission form."""
+    import re
+
+    for lv in NATIVE:
+        u = make_minigrid(lv, 0).unwrapped
+        p = gen.NATIVE_LEVELS[lv]
+        assert (u.width, u.height) == (p["size"], p["size"]), lv
+        assert u.max_steps == p["max_steps"], lv
+        n = sum(1 for o in u.grid.grid if o is not None and o.type != "wall")
+        assert n == p["n"], lv
+        form = (
+            r"put (the|a) \w+ \w+ next to (the|a) \w+ \w+" if lv == 22 else r"go to (the|a) \w+ \w+"
+        )
+        assert re.fullmatch(form, u.mission), (lv, u.mission)
