@@ -73,10 +73,12 @@ def run(config: Mapping[str, Any], workdir: str) -> dict:
         train_policy_tokenizer(corpus, tok_path[: -len(".model")], config["vocab_size"])
     tok = PolicyTokenizer(tok_path)
     codec = PolicyCodec(tok)
-    env_objs = {n: envs.make(n, codec=codec) for n in names}
+    options = config.get("env_options", {})
+    env_objs = {n: envs.make(n, codec=codec, **options.get(n, {})) for n in names}
     d_s = []
     for n in names:
-        d_s += expert_records(envs.make(n), splits[n]["expert"], seed=config["seed"])
+        env = envs.make(n, **options.get(n, {}))
+        d_s += expert_records(env, splits[n]["expert"], seed=config["seed"])
     model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, **config["model"]))
     evolver = Evolver(
         workdir,
@@ -88,6 +90,8 @@ def run(config: Mapping[str, Any], workdir: str) -> dict:
         evaluate={n: splits[n]["eval"] for n in names},
         bc=BCConfig(**config["bc"]),
         cfg=EvolConfig(**config["evol"]),
+        bc_base=BCConfig(**{**config["bc"], **config.get("bc_base", {})}),
+        max_cache_len=config.get("max_cache_len"),
     )
     results = evolver.run()
     table = evolver.write_summary(results)

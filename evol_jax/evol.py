@@ -132,6 +132,9 @@ class Evolver:
       cfg: evolution options.
       base_params: the base model (None: a fresh init from ``bc.seed``).
       log: print-like callable for progress lines.
+      bc_base: trainer settings of iteration 0 (BC_base) when they differ from ``bc`` (e.g. more
+        epochs for a policy trained from scratch).
+      max_cache_len: KV-cache cap of the samplers (see `DeviceSampler`).
     """
 
     def __init__(
@@ -147,12 +150,18 @@ class Evolver:
         cfg: EvolConfig,
         base_params: Any = None,
         log=print,
+        bc_base: BCConfig | None = None,
+        max_cache_len: int | None = None,
     ):
         self.workdir, self.model, self.tokenizer = workdir, model, tokenizer
         self.envs, self.expert_records = dict(envs), list(expert_records)
         self.explore, self.evaluate = dict(explore), dict(evaluate)
         self.bc, self.cfg, self.base_params, self.log = bc, cfg, base_params, log
-        self.samplers = {n: DeviceSampler(e, model, tokenizer) for n, e in self.envs.items()}
+        self.bc_base = bc_base or bc
+        self.samplers = {
+            n: DeviceSampler(e, model, tokenizer, max_cache_len=max_cache_len)
+            for n, e in self.envs.items()
+        }
         os.makedirs(workdir, exist_ok=True)
         self.state_path = os.path.join(workdir, "state.json")
         self.state = (
@@ -226,7 +235,8 @@ class Evolver:
                 pairs += select_explored(explored_by_iter[i], self.cfg)
         self.log(f"[iter {m}] learn on {len(pairs)} episodes ({len(self.expert_records)} expert)")
         examples, stats = tokenize_records(
-            [p[0] for p in pairs], self.tokenizer, LLAMA2, max_len=self.bc.seq_len,
+            [p[0] for p in pairs], self.tokenizer, LLAMA2,
+            max_len=min(self.bc.seq_len, self.bc_base.seq_len),
             truncation="left", weights=[p[1] for p in pairs],
         )  # fmt: skip
         if stats.num_truncated:
@@ -235,7 +245,7 @@ class Evolver:
         if m > 0 and self.cfg.init_from == "previous":
             init = self.load_params(m - 1)
         params, _ = train_bc(
-            self.model, examples, self.bc, init_params=init,
+            self.model, examples, self.bc_base if m == 0 else self.bc, init_params=init,
             workdir=os.path.join(self._dir(m), "bc"),
         )  # fmt: skip
         self._save_params(m, params)

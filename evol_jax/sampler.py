@@ -4,6 +4,7 @@ Per row (one episode) the conversation prefix (AgentGym's instruction, the canne
 first observation and the opening of the assistant turn) is prefilled into a KV cache. Then one
 ``lax.scan`` over rounds, entirely on device:
 
+0. (rounds and action tokens run in ``lax.while_loop`` s that stop as soon as every row is done)
 1. the action is decoded token by token under a prefix mask over the env's *legal* actions: the
    action texts, tokenised with the policy tokenizer and closed by ``</s>``, form a padded table
    ``[num_actions, max_action_len]``; at step ``j`` only tokens ``table[a, j]`` of actions ``a``
@@ -153,6 +154,29 @@ class SampleOutput:
         return self.last_reward == 1.0
 
 
+def _early_exit_scan(body, init, length: int, running):
+    """``lax.scan(body, init, arange(length))`` that stops once ``running(carry)`` is False.
+
+    Skipped steps leave their stacked outputs at zero. Exact for the sampler because a step that
+    runs after every row is done changes nothing (done rows append nothing, keep their state).
+    """
+    _, out_shape = jax.eval_shape(body, init, jnp.int32(0))
+    bufs = jax.tree.map(lambda o: jnp.zeros((length,) + o.shape, o.dtype), out_shape)
+
+    def cond(c):
+        i, carry, _ = c
+        return (i < length) & running(carry)
+
+    def step(c):
+        i, carry, bufs = c
+        carry, out = body(carry, i)
+        bufs = jax.tree.map(lambda buf, o: buf.at[i].set(o), bufs, out)
+        return i + 1, carry, bufs
+
+    _, carry, bufs = jax.lax.while_loop(cond, step, (jnp.int32(0), init, bufs))
+    return carry, bufs
+
+
 def _scatter_chunk(parts, width):
     """Concatenates ``(tokens [B, k], n [B])`` parts per row into ``[B, width]``; returns length."""
     b = parts[0][0].shape[0]
@@ -276,7 +300,9 @@ class DeviceSampler:
                 return (cache, last, cons, finished | ends, chosen), None
 
             init = (cache, last, cons0, ~live, jnp.full((b,), -1, jnp.int32))
-            (cache, last, _, _, chosen), _ = jax.lax.scan(body, init, jnp.arange(la))
+            (cache, last, _, _, chosen), _ = _early_exit_scan(
+                body, init, la, lambda c: ~jnp.all(c[3])
+            )
             return cache, last, chosen
 
         def legal_or_first_rows(legal):
@@ -319,10 +345,12 @@ class DeviceSampler:
 
         done0 = jnp.zeros((b,), bool)
         init = (states, cache, last, done0, legal0, jnp.zeros((b,), jnp.float32))
-        (_, cache, _, _, _, last_reward), outs = jax.lax.scan(
-            round_body, init, jnp.arange(self.rounds)
+        (_, cache, _, _, _, last_reward), outs = _early_exit_scan(
+            round_body, init, self.rounds, lambda c: ~jnp.all(c[3])
         )
-        return outs, last_reward, cache.overflow
+        actions, rewards, active, obs_tokens, obs_mask = outs
+        actions = jnp.where(active, actions, -1)  # rounds never reached hold zeros
+        return (actions, rewards, active, obs_tokens, obs_mask), last_reward, cache.overflow
 
     def cache_len(self, prefix_len: int) -> int:
         """KV capacity: prefix plus every round's action tokens and human chunk."""

@@ -44,7 +44,7 @@ def _model(tok, seed=0):
     return model, params
 
 
-@pytest.mark.parametrize("name", ["maze", "textcraft"])
+@pytest.mark.parametrize("name", ["maze", pytest.param("textcraft", marks=pytest.mark.slow)])
 def test_device_equals_host_reference(tok, name):
     env = envs.make(name, codec=PolicyCodec(tok))
     model, params = _model(tok)
@@ -74,6 +74,7 @@ def test_stream_equals_bc_tokenisation(tok):
         assert rec["reward"] == pytest.approx(float(out.last_reward[i]))
 
 
+@pytest.mark.slow
 def test_legal_actions_only_and_rows_independent(tok):
     env = envs.make("textcraft", codec=PolicyCodec(tok))
     model, params = _model(tok, seed=2)
@@ -92,6 +93,21 @@ def test_legal_actions_only_and_rows_independent(tok):
     single = sampler.run(params, [9], seed=3, num_samples=2, temperature=1.5, top_p=0.95)
     np.testing.assert_array_equal(single.actions, out.actions[:, 2:])
     np.testing.assert_array_equal(single.last_reward, out.last_reward[2:])
+
+
+@pytest.mark.slow
+def test_sharded_batch_equals_unsharded(tok):
+    from core_jax.parallel import MeshConfig, make_mesh
+
+    n = len(jax.devices())
+    env = envs.make("maze", codec=PolicyCodec(tok))
+    model, params = _model(tok, seed=3)
+    sampler = DeviceSampler(env, model, tok, rounds=2)
+    idx = list(range(n))
+    plain = sampler.run(params, idx, seed=1, temperature=1.0)
+    sharded = sampler.run(params, idx, seed=1, temperature=1.0, mesh=make_mesh(MeshConfig()))
+    np.testing.assert_array_equal(plain.actions, sharded.actions)
+    np.testing.assert_array_equal(plain.obs_tokens, sharded.obs_tokens)
 
 
 def test_codec_and_bad_input(tok):
