@@ -41,7 +41,6 @@ off and BatchNorm running statistics.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -600,13 +599,3 @@ def end_epoch(state: CoSAState, valid_loss: float) -> CoSAState:
             best_batch_stats=_copy({"actor": state.batch_stats["actor"]}),
         )
     return new
-
-
-def replace_cfg(state: CoSAState, **changes: Any) -> CoSAState:
-    """The state with ``dataclasses.replace(cfg.<section>, ...)`` applied (same shapes only)."""
-    cfg = state.cfg
-    for section, kw in changes.items():
-        cfg = dataclasses.replace(
-            cfg, **{section: dataclasses.replace(getattr(cfg, section), **kw)}
-        )
-    return state.replace(cfg=cfg)
