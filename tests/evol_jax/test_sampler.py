@@ -44,11 +44,21 @@ def _model(tok, seed=0):
     return model, params
 
 
+_SAMPLERS = {}
+
+
+def _sampler(tok, name, rounds=4):
+    """One sampler per env for the module (its jit cache is shared by the tests)."""
+    if name not in _SAMPLERS:
+        model, params = _model(tok)
+        env = envs.make(name, codec=PolicyCodec(tok))
+        _SAMPLERS[name] = (DeviceSampler(env, model, tok, rounds=rounds), params)
+    return _SAMPLERS[name]
+
+
 @pytest.mark.parametrize("name", ["maze", pytest.param("textcraft", marks=pytest.mark.slow)])
 def test_device_equals_host_reference(tok, name):
-    env = envs.make(name, codec=PolicyCodec(tok))
-    model, params = _model(tok)
-    sampler = DeviceSampler(env, model, tok, rounds=4)
+    sampler, params = _sampler(tok, name)
     idx = [0, 3, 7]
     out = sampler.run(params, idx, seed=5, temperature=0.0)
     assert not out.overflow.any()
@@ -60,14 +70,14 @@ def test_device_equals_host_reference(tok, name):
         assert out.actions[:n, i].tolist() == ref["actions"]
         np.testing.assert_allclose(out.rewards[:n, i], ref["rewards"])
         np.testing.assert_array_equal(sampler.token_stream(out, i), ref["tokens"])
+    sampler.run(params, idx, seed=6, temperature=0.5, top_p=0.9)
+    assert sampler._jitted._cache_size() == 1  # new seed / temperature: no retrace
 
 
 def test_stream_equals_bc_tokenisation(tok):
     """What the policy saw == what BC trains on (tokenize_conversation of the exported record)."""
-    env = envs.make("textcraft", codec=PolicyCodec(tok))
-    model, params = _model(tok, seed=1)
-    sampler = DeviceSampler(env, model, tok, rounds=3)
-    out = sampler.run(params, [1, 2], seed=0, temperature=1.0)
+    sampler, params = _sampler(tok, "maze")
+    out = sampler.run(params, [1, 2, 24], seed=0, temperature=1.0)
     for i, rec in enumerate(sampler.to_records(out)):
         toks, mask = tokenize_conversation(rec["conversations"], tok)
         np.testing.assert_array_equal(toks, sampler.token_stream(out, i))
