@@ -251,6 +251,10 @@ def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dic
     }
 
 
+def _loads(values) -> str:
+    return "-" if not values else "/".join(f"{v:.1f}" for v in values)
+
+
 def summary(result: dict[str, Any]) -> str:
     parts = []
     for c in result["cases"]:
@@ -267,9 +271,13 @@ def summary(result: dict[str, Any]) -> str:
         parts.append(s + ".")
     env = result["environment"]
     parts.append(
-        f"Shared {env.get('cpu_count')}-CPU machine: load average before "
-        f"{env.get('loadavg_before')}, after {result.get('loadavg_after')}; other engineers' jobs "
-        "make absolute timings noisy (the interleaved ratio is the robust figure)."
+        f"Shared {env.get('cpu_count')}-CPU machine, load average before "
+        f"{_loads(env.get('loadavg_before'))}, after {_loads(result.get('loadavg_after'))}: "
+        "other engineers' jobs make the timings noisy. Under load PyTorch's OpenMP threads "
+        f"(torch_num_threads={env.get('torch_num_threads')}) lose far more than XLA's (see "
+        "benchmarks/NOTES.md: on an idle machine the similar transformer_step measured JAX at "
+        "0.89x PyTorch), so ratios taken on a loaded machine overstate JAX's lead. No MFU on "
+        "CPU; run on a GPU for gato_79m / gato_364m MFU."
         if result["platform"] == "cpu"
         else "MFU against the bf16 dense peak of the device."
     )

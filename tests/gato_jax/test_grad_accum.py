@@ -101,7 +101,10 @@ def _max_diff(a, b):
     return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), a, b)))
 
 
-@pytest.mark.parametrize("opt,k,cycles", [(LINEAR, 2, 1), (CLIPPED, 4, 2)])
+@pytest.mark.parametrize(
+    "opt,k,cycles",
+    [(LINEAR, 2, 1), pytest.param(CLIPPED, 4, 2, marks=pytest.mark.slow)],
+)
 def test_k_micro_steps_equal_one_big_step(opt, k, cycles):
     model, params, batch = _setup()
     micro = _split(batch, k)
