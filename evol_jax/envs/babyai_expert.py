@@ -122,10 +122,16 @@ def expert_action(w: core.World, an: core.Analysis):
     t, col = w.grid[..., 0], w.grid[..., 1]
     carrying = w.carrying_id > 0
     door, locked, locked_blocking = _door_masks(w)
+    ax, ay = w.agent_pos[0], w.agent_pos[1]
     passable = _passable(w)
     stand = jnp.any(jnp.stack(_neigh4(target)), 0)
-    dist = _distance(passable, stand)
-    ax, ay = w.agent_pos[0], w.agent_pos[1]
+    # closed doors are opened only when there is no way around them (strict levels fail on
+    # a toggled wrong door)
+    shut = door & (w.grid[..., 2] != core.OPEN)
+    dist_open = _distance(passable & ~shut, stand)
+    use_open = dist_open[ax, ay] < BIG
+    passable = jnp.where(use_open, passable & ~shut, passable)
+    dist = jnp.where(use_open, dist_open, _distance(passable, stand))
     # a locked door on the way (or to be opened) without its key: fetch a key first
     target_locked = jnp.any(target & locked_blocking) & (verb == G_OPEN)
     unreachable = dist[ax, ay] >= BIG
@@ -220,6 +226,8 @@ def expert_action(w: core.World, an: core.Analysis):
         -1,
     )
     act = jnp.where(high >= 0, high, prim)
+    # facing a go-to target (possible at reset): "go to" would be an empty plan ("No change")
+    act = jnp.where((verb == G_GOTO) & front_target, prim, act)
     # drop what is in the way of a pickup (or turn to find a free cell to drop it)
     drop = jnp.where(legal[core.A_DROP] & ~front_target, core.A_DROP, core.A_LEFT)
     act = jnp.where(must_drop, drop, act)
