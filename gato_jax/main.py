@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from core_jax import config as config_lib
 from core_jax.checkpoint import Checkpointer, resume
 from core_jax.metrics import MetricWriter, Throughput
-from core_jax.optim import make_optimizer, make_schedule
+from core_jax.optim import make_schedule
 from core_jax.parallel import (
     batch_sharding,
     host_to_global,
@@ -63,7 +63,7 @@ from core_jax.train_state import TrainState
 from gato_jax.configs import CONFIG_NAMES, GatoConfig, get_config
 from gato_jax.models import Gato, dummy_inputs, param_count
 from gato_jax.synthetic import SyntheticData
-from gato_jax.train import train_step
+from gato_jax.train import make_optimizer, train_step
 
 
 def _create_fn(cfg: GatoConfig, model: Gato):
