@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo demo-core demo-cosa test lint format bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# The main jobs end to end on embedded defaults: the shared transformer on a built-in task
+# (~2-3 min on CPU), then Co-SA on a synthetic IEMOCAP-layout dataset (~1 min).
+demo: demo-core demo-cosa
+
+demo-core: $(STAMP)
 	$(PY) -m core_jax.demo --workdir runs/demo
+
+demo-cosa: $(STAMP)
+	$(PY) -m cosa_jax.demo --workdir runs/cosa_demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
