@@ -123,15 +123,19 @@ def expert_action(w: core.World, an: core.Analysis):
     carrying = w.carrying_id > 0
     door, locked, locked_blocking = _door_masks(w)
     ax, ay = w.agent_pos[0], w.agent_pos[1]
-    passable = _passable(w)
-    stand = jnp.any(jnp.stack(_neigh4(target)), 0)
+    passable0 = _passable(w)
     # closed doors are opened only when there is no way around them (strict levels fail on
     # a toggled wrong door)
     shut = door & (w.grid[..., 2] != core.OPEN)
-    dist_open = _distance(passable & ~shut, stand)
-    use_open = dist_open[ax, ay] < BIG
-    passable = jnp.where(use_open, passable & ~shut, passable)
-    dist = jnp.where(use_open, dist_open, _distance(passable, stand))
+
+    def field(target):
+        stand = jnp.any(jnp.stack(_neigh4(target)), 0)
+        d_open = _distance(passable0 & ~shut, stand)
+        use_open = d_open[ax, ay] < BIG
+        d_any = _distance(passable0, stand)
+        return jnp.where(use_open, d_open, d_any), jnp.where(use_open, passable0 & ~shut, passable0)
+
+    dist, passable = field(target)
     # a locked door on the way (or to be opened) without its key: fetch a key first
     target_locked = jnp.any(target & locked_blocking) & (verb == G_OPEN)
     unreachable = dist[ax, ay] >= BIG
@@ -143,8 +147,9 @@ def expert_action(w: core.World, an: core.Analysis):
     carrying_other = carrying & need_key
     verb = jnp.where(need_key, G_PICKUP, verb)
     target = jnp.where(need_key, key_cells, target)
-    stand = jnp.any(jnp.stack(_neigh4(target)), 0)
-    dist = jnp.where(need_key, _distance(passable, stand), dist)
+    dist_k, passable_k = field(key_cells)
+    dist = jnp.where(need_key, dist_k, dist)
+    passable = jnp.where(need_key, passable_k, passable)
     d_here = dist[ax, ay]
     # picking up with full hands: drop next to the target (a carried key still opens doors on
     # the way), or at once when a key is needed
