@@ -33,6 +33,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+# Action id of a string the environment could not parse, for environments where upstream still
+# counts it as a step (Maze, Wordle); `Env.step_text` sends it.
+INVALID_ACTION = -1
+
 
 class InvalidAction(ValueError):
     """A text action the environment cannot parse; ``message`` is the original's reply text."""
@@ -85,6 +89,25 @@ class Env(abc.ABC):
     @abc.abstractmethod
     def expert_thought(self, state: Any, action: int) -> str:
         """Host: the ReAct ``Thought:`` text the expert writes before ``action``."""
+
+    def step_text(self, state: Any, text: str) -> tuple[Any, TimeStep, str]:
+        """Host: one step from the exact string an agent sent (invalid strings still count).
+
+        Returns:
+          ``(state, timestep, observation_text)`` (the server's reply text).
+        """
+        try:
+            action = self.action_from_text(text)
+        except InvalidAction:
+            action = INVALID_ACTION
+        state, ts = self._jitted_step(state, jnp.int32(action))
+        return state, ts, self.render_text(state)
+
+    @property
+    def _jitted_step(self):
+        if not hasattr(self, "_jitted_step_fn"):
+            self._jitted_step_fn = jax.jit(self.step)
+        return self._jitted_step_fn
 
     def observation_text(self, ts: TimeStep) -> str:
         """Decodes a timestep's observation tokens back to text (host)."""

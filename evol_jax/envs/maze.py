@@ -42,10 +42,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evol_jax.envs.base import Env, InvalidAction, TimeStep, register
+from evol_jax.envs.base import (
+    INVALID_ACTION,  # noqa: F401  (re-exported: tests, users)
+    Env,
+    InvalidAction,
+    TimeStep,
+    register,
+)
 from evol_jax.text import TextCodec, expand_words
-
-INVALID_ACTION = -1
 
 MAZE_ROWS = (
     "#############",
@@ -294,25 +298,6 @@ class MazeEnv(Env):
             return ACTIONS.index(text)
         except ValueError:
             raise InvalidAction(f"not a maze move: {text!r}") from None
-
-    def step_text(self, state: MazeState, text: str) -> tuple[MazeState, TimeStep, str]:
-        """Host: one step from the exact string an agent sent (invalid strings still count).
-
-        Returns:
-          ``(state, timestep, observation_text)`` (the server's reply text).
-        """
-        try:
-            action = self.action_from_text(text)
-        except InvalidAction:
-            action = INVALID_ACTION
-        state, ts = self._jit_step(state, jnp.int32(action))
-        return state, ts, self.render_text(state)
-
-    @property
-    def _jit_step(self):
-        if not hasattr(self, "_jit_step_fn"):
-            self._jit_step_fn = jax.jit(self.step)
-        return self._jit_step_fn
 
     def expert_thought(self, state: MazeState, action: int) -> str:
         r, c = (int(v) for v in jax.device_get(state.pos))

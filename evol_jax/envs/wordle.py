@@ -43,10 +43,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evol_jax.envs.base import Env, InvalidAction, TimeStep, register
+from evol_jax.envs.base import (
+    INVALID_ACTION,  # noqa: F401  (re-exported: tests, users)
+    Env,
+    InvalidAction,
+    TimeStep,
+    register,
+)
 from evol_jax.text import TextCodec, expand_words
 
-INVALID_ACTION = -1
 N_CHARS = 5
 N_TRIES = 6
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -920,25 +925,6 @@ class WordleEnv(Env):
         if len(word) != N_CHARS or not all(c in ALPHABET for c in word) or word not in self._index:
             raise InvalidAction(INVALID_TEXT)
         return self._index[word]
-
-    def step_text(self, state: WordleState, text: str) -> tuple[WordleState, TimeStep, str]:
-        """Host: one step from the exact string an agent sent (invalid strings still count).
-
-        Returns:
-          ``(state, timestep, observation_text)`` (the server's reply text).
-        """
-        try:
-            action = self.action_from_text(text)
-        except InvalidAction:
-            action = INVALID_ACTION
-        state, ts = self._jit_step(state, jnp.int32(action))
-        return state, ts, self.render_text(state)
-
-    @property
-    def _jit_step(self):
-        if not hasattr(self, "_jit_step_fn"):
-            self._jit_step_fn = jax.jit(self.step)
-        return self._jit_step_fn
 
     def filtered_words(self, state: WordleState) -> list[str]:
         """``GET /wordle/filtered_vocab``: consistent words in vocabulary order."""
