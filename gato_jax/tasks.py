@@ -96,6 +96,8 @@ class Task:
         mission of each episode instead (``observation["instruction"]``).
       env_id: the simulator's id (gymnasium id, Meta-World name, ROM), for reference.
       returns_info: how the returns were measured (episodes, seeds).
+      sample_episode: ``seed -> {"observation": {field: [T, ...]}}`` for tasks without an
+        environment (``vl``, ``text``; text leaves are lists of ``T`` strings).
     """
 
     name: str
@@ -112,6 +114,7 @@ class Task:
     instruction: str = ""
     env_id: str = ""
     returns_info: dict = dataclasses.field(default_factory=dict, compare=False)
+    sample_episode: Callable[[int], dict] | None = None
 
     @property
     def has_env(self) -> bool:
@@ -312,11 +315,451 @@ def _control_task(name: str, cfg: TokenizerConfig) -> Task:
 
 
 # --------------------------------------------------------------------------------------------
+# BabyAI (minigrid).
+
+BABYAI_VIEW_HIGH = 10  # largest value in minigrid's symbolic view (OBJECT_TO_IDX["agent"])
+BABYAI_INSTRUCTION_TOKENS = 32
+
+_BABYAI = {
+    "babyai_goto_redball": "BabyAI-GoToRedBall-v0",
+    "babyai_goto_local": "BabyAI-GoToLocal-v0",
+    "babyai_pickup_loc": "BabyAI-PickupLoc-v0",
+}
+
+
+class _BabyAIExpert:
+    """minigrid's ``BabyAIBot`` (replans from the true environment state every step)."""
+
+    def __init__(self):
+        self._bot = None
+
+    def reset(self, env, obs) -> None:
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        del obs
+        self._bot = BabyAIBot(env.unwrapped)
+
+    def act(self, obs, env):
+        del obs, env
+        if self._bot is None:
+            raise RuntimeError("BabyAI expert: call reset(env, obs) first")
+        return int(self._bot.replan())
+
+
+def _quiet_env(env):
+    """Silences minigrid's ``print`` of rejected level samples during ``reset``."""
+    import contextlib
+    import io
+
+    import gymnasium as gym
+
+    class Quiet(gym.Wrapper):
+        def reset(self, **kwargs):
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self.env.reset(**kwargs)
+
+    return Quiet(env)
+
+
+def _babyai_task(name: str, cfg: TokenizerConfig) -> Task:
+    env_id = _BABYAI[name]
+    act_spec, to_env, from_env = _discrete_action(7)
+    spec = EpisodeSpec(
+        {
+            # The episode's mission; stored once per episode as episode_metadata/instruction
+            # (gato_jax.input_pipeline.Source.instruction_key puts it back into every step).
+            "instruction": FieldSpec("text", (BABYAI_INSTRUCTION_TOKENS,)),
+            # Egocentric 7x7 view: (object, colour, state) indices per cell.
+            "view": FieldSpec("discrete", (7, 7, 3), low=0, high=BABYAI_VIEW_HIGH),
+            "direction": FieldSpec("discrete", (), low=0, high=3),
+        },
+        act_spec,
+        cfg,
+    )
+
+    def make_env(seed: int):
+        import gymnasium as gym
+        import minigrid  # noqa: F401  (registers the BabyAI levels)
+
+        env = _quiet_env(gym.make(env_id))
+        env.action_space.seed(int(seed))
+        return env
+
+    def observation(obs, env):
+        del env
+        return {
+            "instruction": str(obs["mission"]),
+            "view": np.asarray(obs["image"], np.int32).reshape(7, 7, 3),
+            "direction": np.asarray(int(obs["direction"]), np.int32),
+        }
+
+    random_return, expert_return, info = _returns(name)
+    return Task(
+        name=name,
+        domain="babyai",
+        spec=spec,
+        make_env=make_env,
+        observation=observation,
+        to_env_action=to_env,
+        expert=lambda seed: _BabyAIExpert(),
+        random_return=random_return,
+        expert_return=expert_return,
+        max_steps=64,  # the levels' own limit (env.unwrapped.max_steps)
+        from_env_action=from_env,
+        instruction="",  # per episode: the mission
+        env_id=env_id,
+        returns_info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Meta-World (metaworld + mujoco).
+
+_METAWORLD = {
+    # name: (Meta-World env, scripted policy class, instruction)
+    "metaworld_reach": ("reach-v3", "SawyerReachV3Policy", "reach the goal position"),
+    "metaworld_push": ("push-v3", "SawyerPushV3Policy", "push the puck to the goal"),
+    "metaworld_drawer_open": (
+        "drawer-open-v3",
+        "SawyerDrawerOpenV3Policy",
+        "open the drawer",
+    ),
+}
+
+
+class _MetaWorldExpert:
+    def __init__(self, policy_class: str):
+        import metaworld.policies
+
+        self._policy = getattr(metaworld.policies, policy_class)()
+
+    def reset(self, env, obs) -> None:
+        del env, obs
+
+    def act(self, obs, env):
+        del env
+        return np.clip(np.asarray(self._policy.get_action(obs), np.float32), -1.0, 1.0)
+
+
+@functools.cache
+def _metaworld_layouts(env_name: str):
+    import metaworld
+
+    benchmark = metaworld.MT1(env_name, seed=0)
+    return benchmark.train_classes[env_name], tuple(benchmark.train_tasks)
+
+
+def _metaworld_task(name: str, cfg: TokenizerConfig) -> Task:
+    env_name, policy_class, instruction = _METAWORLD[name]
+    max_steps = 150
+    act_spec, to_env, from_env = _box_action(np.full(4, -1.0), np.full(4, 1.0), "action")
+    spec = EpisodeSpec({"state": FieldSpec("continuous", (39,))}, act_spec, cfg)
+
+    def make_env(seed: int):
+        import gymnasium as gym
+
+        # A fresh simulator per episode, set to one of the task's 50 fixed goal/object layouts
+        # (Meta-World's MT1 benchmark, built once per process with seed 0): seed -> layout.
+        env_class, layouts = _metaworld_layouts(env_name)
+        env = env_class()
+        env.set_task(layouts[int(seed) % len(layouts)])
+        env = gym.wrappers.TimeLimit(env, max_steps)
+        env.action_space.seed(int(seed))
+        return env
+
+    def observation(obs, env):
+        del env
+        return {"state": np.asarray(obs, np.float32).reshape(39)}
+
+    random_return, expert_return, info = _returns(name)
+    return Task(
+        name=name,
+        domain="metaworld",
+        spec=spec,
+        make_env=make_env,
+        observation=observation,
+        to_env_action=to_env,
+        expert=lambda seed: _MetaWorldExpert(policy_class),
+        random_return=random_return,
+        expert_return=expert_return,
+        max_steps=max_steps,
+        from_env_action=from_env,
+        instruction=instruction,
+        env_id=f"metaworld MT1 {env_name}",
+        returns_info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Atari (ale-py; ROMs ship with the wheel).
+
+ATARI_FRAME = 80  # 160x160 play field, 2x2 mean-pooled -> 80x80 RGB (5x5 patches of 16)
+_PONG_TOP, _PONG_BOTTOM = 34, 194  # play-field rows of the 210x160 frame (score cropped)
+_PONG_PADDLE_G, _PONG_BALL_R = 186, 236  # green channel of our paddle, red channel of the ball
+
+
+def atari_frame(obs: np.ndarray) -> np.ndarray:
+    """Pong frame uint8 ``[210, 160, 3]`` -> play field, 2x2 mean-pooled, ``[80, 80, 3]``."""
+    f = np.asarray(obs, np.float32)[_PONG_TOP:_PONG_BOTTOM]
+    f = f.reshape(ATARI_FRAME, 2, ATARI_FRAME, 2, 3).mean(axis=(1, 3))
+    return np.round(f).astype(np.uint8)
+
+
+class _PongTracker:
+    """Moves our (right, green) paddle towards the ball's row, read from the frame."""
+
+    def reset(self, env, obs) -> None:
+        del env, obs
+
+    def act(self, obs, env):
+        del env
+        field = np.asarray(obs)[_PONG_TOP:_PONG_BOTTOM]
+        paddle = np.nonzero((field[:, 140:144, 1] == _PONG_PADDLE_G).any(axis=1))[0]
+        ball = np.nonzero((field[:, :140, 0] == _PONG_BALL_R).any(axis=1))[0]
+        if paddle.size == 0 or ball.size == 0:
+            return 0  # NOOP
+        d = paddle.mean() - ball.mean()
+        return 2 if d > 2 else 3 if d < -2 else 0  # RIGHT = up, LEFT = down
+
+
+def _atari_pong(name: str, cfg: TokenizerConfig) -> Task:
+    max_steps = 500
+    act_spec, to_env, from_env = _discrete_action(6)
+    spec = EpisodeSpec({"frame": FieldSpec("image", (ATARI_FRAME, ATARI_FRAME, 3))}, act_spec, cfg)
+
+    def make_env(seed: int):
+        import ale_py
+        import gymnasium as gym
+
+        gym.register_envs(ale_py)
+        env = gym.make(
+            "ALE/Pong-v5",
+            frameskip=4,
+            repeat_action_probability=0.25,
+            full_action_space=False,
+            max_episode_steps=max_steps,
+        )
+        env.action_space.seed(int(seed))
+        return env
+
+    def observation(obs, env):
+        del env
+        return {"frame": atari_frame(obs)}
+
+    random_return, expert_return, info = _returns(name)
+    return Task(
+        name=name,
+        domain="atari",
+        spec=spec,
+        make_env=make_env,
+        observation=observation,
+        to_env_action=to_env,
+        expert=lambda seed: _PongTracker(),
+        random_return=random_return,
+        expert_return=expert_return,
+        max_steps=max_steps,
+        from_env_action=from_env,
+        instruction="win at pong by returning the ball past the other paddle",
+        env_id="ALE/Pong-v5",
+        returns_info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Vision-language and text (no environment: episodes are sampled directly).
+
+VL_IMAGE = 48  # 3x3 grid of 16x16 cells, one patch each
+VL_PAIRS = 5  # (image, caption) pairs per example (spec section 2)
+VL_CAPTION_TOKENS = 32
+TEXT_TOKENS = 64
+TEXT_SENTENCES = 4
+CORPUS_FILE = os.path.join(os.path.dirname(__file__), "corpus", "agents.txt")
+
+_COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 220, 40),
+    "purple": (150, 50, 200),
+    "white": (240, 240, 240),
+    "orange": (245, 140, 20),
+    "cyan": (40, 210, 220),
+}
+_SHAPES = ("square", "circle", "triangle", "cross")
+_PLACES = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "centre",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+
+
+def _shape_mask(shape: str, size: int = 16) -> np.ndarray:
+    """bool ``[size, size]`` mask of a shape centred in a ``size`` x ``size`` cell."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) + 0.5
+    c, r = size / 2.0, size * 0.38
+    if shape == "square":
+        return (np.abs(yy - c) <= r) & (np.abs(xx - c) <= r)
+    if shape == "circle":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= r * r
+    if shape == "triangle":  # apex up
+        top, bottom = c - r, c + r
+        half = (yy - top) / (bottom - top) * r
+        return (yy >= top) & (yy <= bottom) & (np.abs(xx - c) <= half)
+    if shape == "cross":
+        w = size * 0.12
+        return ((np.abs(yy - c) <= w) | (np.abs(xx - c) <= w)) & (
+            (np.abs(yy - c) <= r) & (np.abs(xx - c) <= r)
+        )
+    raise ValueError(f"unknown shape {shape!r}; known: {_SHAPES}")
+
+
+def render_shapes(items, rng: np.random.Generator) -> np.ndarray:
+    """Draws ``[(colour, shape, place index), ...]`` on a dark noisy 48x48 canvas (uint8 RGB)."""
+    img = rng.integers(0, 40, (VL_IMAGE, VL_IMAGE, 3)).astype(np.uint8)
+    cell = VL_IMAGE // 3
+    for colour, shape, place in items:
+        r, c = divmod(place, 3)
+        view = img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
+        view[_shape_mask(shape, cell)] = _COLOURS[colour]
+    return img
+
+
+def vl_shapes_pair(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One (image uint8 ``[48, 48, 3]``, caption) pair: one or two shapes at distinct places."""
+    n = int(rng.integers(1, 3))
+    places = rng.choice(9, size=n, replace=False)
+    colours = rng.choice(list(_COLOURS), size=n, replace=False)
+    shapes = rng.choice(_SHAPES, size=n)
+    items = [(str(c), str(s), int(p)) for c, s, p in zip(colours, shapes, places, strict=True)]
+    parts = [f"a {c} {s} in the {_PLACES[p]}" for c, s, p in items]
+    return render_shapes(items, rng), " and ".join(parts)
+
+
+def _vl_episode(seed: int) -> dict:
+    rng = np.random.default_rng([7, int(seed)])
+    pairs = [vl_shapes_pair(rng) for _ in range(VL_PAIRS)]
+    return {
+        "observation": {
+            "image": np.stack([p[0] for p in pairs]),
+            "caption": [p[1] for p in pairs],
+        }
+    }
+
+
+@functools.cache
+def corpus_sentences(path: str = CORPUS_FILE) -> tuple[str, ...]:
+    """The shipped text corpus, one sentence per non-empty line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text corpus missing: {path!r}")
+    with open(path, encoding="utf-8") as f:
+        lines = tuple(line.strip() for line in f if line.strip())
+    if not lines:
+        raise ValueError(f"text corpus {path!r} is empty")
+    return lines
+
+
+def _text_episode(seed: int) -> dict:
+    lines = corpus_sentences()
+    rng = np.random.default_rng([11, int(seed)])
+    start = int(rng.integers(0, len(lines)))
+    return {
+        "observation": {"text": [lines[(start + i) % len(lines)] for i in range(TEXT_SENTENCES)]}
+    }
+
+
+def _no_action(a):
+    raise ValueError("this task has no actions (vision-language / text data)")
+
+
+def _identity_observation(obs, env):
+    del env
+    return obs
+
+
+def _vl_task(name: str, cfg: TokenizerConfig) -> Task:
+    spec = EpisodeSpec(
+        {
+            "image": FieldSpec("image", (VL_IMAGE, VL_IMAGE, 3)),
+            "caption": FieldSpec("text", (VL_CAPTION_TOKENS,)),
+        },
+        {},
+        cfg,
+    )
+    return Task(
+        name=name,
+        domain="vl",
+        spec=spec,
+        make_env=None,
+        observation=_identity_observation,
+        to_env_action=_no_action,
+        expert=None,
+        random_return=math.nan,
+        expert_return=math.nan,
+        max_steps=VL_PAIRS,
+        instruction="describe the picture",
+        sample_episode=_vl_episode,
+    )
+
+
+def _text_task(name: str, cfg: TokenizerConfig) -> Task:
+    spec = EpisodeSpec({"text": FieldSpec("text", (TEXT_TOKENS,))}, {}, cfg)
+    return Task(
+        name=name,
+        domain="text",
+        spec=spec,
+        make_env=None,
+        observation=_identity_observation,
+        to_env_action=_no_action,
+        expert=None,
+        random_return=math.nan,
+        expert_return=math.nan,
+        max_steps=TEXT_SENTENCES,
+        instruction="",
+        sample_episode=_text_episode,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Registry.
 
 _BUILDERS: dict[str, tuple[str, Callable[[str, TokenizerConfig], Task]]] = {
     **{n: ("control", _control_task) for n in _CONTROL},
+    **{n: ("babyai", _babyai_task) for n in _BABYAI},
+    **{n: ("metaworld", _metaworld_task) for n in _METAWORLD},
+    "atari_pong": ("atari", _atari_pong),
+    "vl_shapes": ("vl", _vl_task),
+    "text_corpus": ("text", _text_task),
 }
+
+# Python packages each domain needs beyond this library's own dependencies.
+DOMAIN_PACKAGES = {
+    "control": ("gymnasium",),
+    "babyai": ("gymnasium", "minigrid"),
+    "metaworld": ("gymnasium", "metaworld", "mujoco"),
+    "atari": ("gymnasium", "ale_py"),
+    "vl": (),
+    "text": (),
+}
+
+
+def missing_packages(name: str) -> list[str]:
+    """Packages task ``name`` needs that are not importable here (empty: it can run)."""
+    import importlib.util
+
+    domain = _domain(name)
+    return [p for p in DOMAIN_PACKAGES[domain] if importlib.util.find_spec(p) is None]
+
+
+def _domain(name: str) -> str:
+    if name not in _BUILDERS:
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+    return _BUILDERS[name][0]
 
 
 def list_tasks(domain: str | None = None) -> list[str]:
@@ -333,9 +776,17 @@ def get_task(name: str, cfg: TokenizerConfig | None = None) -> Task:
       UnknownTaskError: (a ``KeyError`` and ``ValueError``) unknown name; the message lists
         the known tasks.
     """
-    if name not in _BUILDERS:
-        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+    _domain(name)
     return _BUILDERS[name][1](name, cfg or TokenizerConfig())
 
 
-__all__ = ["DOMAINS", "Expert", "Task", "UnknownTaskError", "get_task", "list_tasks"]
+__all__ = [
+    "DOMAINS",
+    "DOMAIN_PACKAGES",
+    "Expert",
+    "Task",
+    "UnknownTaskError",
+    "get_task",
+    "list_tasks",
+    "missing_packages",
+]

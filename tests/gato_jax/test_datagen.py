@@ -1,0 +1,368 @@
+"""Tests of gato_jax.tasks and gato_jax.datagen: experts, recorded layout, loading back."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("tensorflow_datasets")
+
+from gato_jax import datagen, tasks  # noqa: E402
+from gato_jax.configs.tokenizer import TokenizerConfig  # noqa: E402
+from gato_jax.input_pipeline import (  # noqa: E402
+    STEP_FLAGS,
+    GatoDataPipeline,
+    RLDSDataset,
+    parse_data_spec,
+)
+from gato_jax.sequence import encode_episode  # noqa: E402
+
+CONTROL = ("cartpole", "acrobot", "pendulum", "mountaincar_continuous")
+CFG = TokenizerConfig(seq_len=192, prompt_tokens=48)
+EPISODES = 2
+MAX_STEPS = 12
+
+
+def _available():
+    return datagen.resolve_tasks("available")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("datagen"))
+    names = _available()
+    report = datagen.generate(names, EPISODES, out, seed=3, max_steps=MAX_STEPS, quiet=True)
+    return out, names, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry.
+
+
+def test_unknown_task_lists_known_tasks():
+    with pytest.raises(KeyError, match="unknown task 'cartpol'.*known tasks: .*cartpole"):
+        tasks.get_task("cartpol")
+    with pytest.raises(ValueError, match="unknown task 'nope'.*pendulum.*domains"):
+        datagen.resolve_tasks("cartpole,nope")
+    with pytest.raises(ValueError, match="unknown domain"):
+        tasks.list_tasks("robots")
+    with pytest.raises(SystemExit):
+        datagen.main(["--tasks", "nope", "--out", "/nonexistent"])
+
+
+def test_registry_domains_and_specs():
+    names = tasks.list_tasks()
+    assert set(CONTROL) <= set(names)
+    assert sorted(sum((tasks.list_tasks(d) for d in tasks.DOMAINS), [])) == names
+    for d in tasks.DOMAINS:
+        assert tasks.list_tasks(d), f"domain {d} has no task"
+    for n in names:
+        t = tasks.get_task(n)
+        assert t.name == n and t.domain in tasks.DOMAINS
+        assert t.spec.observation and t.max_steps >= 1
+        assert (t.make_env is None) == (t.domain in ("vl", "text"))
+        assert (t.expert is None) == (t.domain in ("vl", "text"))
+        assert bool(t.spec.action) == t.has_env
+        for f in t.spec.observation:
+            if f.spec.kind == "image":
+                assert f.spec.shape[2] == TokenizerConfig().image_channels
+
+
+def test_spec_follows_tokenizer_config():
+    cfg = TokenizerConfig(seq_len=64)
+    assert tasks.get_task("cartpole", cfg).spec.cfg == cfg
+
+
+def test_recorded_returns_expert_beats_random():
+    """Every environment task has measured returns in the shipped table, expert >> random."""
+    with open(tasks.RETURNS_FILE) as f:
+        table = json.load(f)
+    for n in tasks.list_tasks():
+        t = tasks.get_task(n)
+        if not t.has_env:
+            assert math.isnan(t.random_return) and math.isnan(t.expert_return)
+            continue
+        assert n in table, f"{n} has no recorded returns"
+        assert t.random_return == table[n]["random_return"]
+        assert t.expert_return == table[n]["expert_return"]
+        assert table[n]["max_steps"] == t.max_steps
+        # A wide margin: the gap exceeds 3 random-policy standard deviations.
+        gap = t.expert_return - t.random_return
+        assert gap > 3 * table[n]["random_std"] and gap > 0, n
+        assert t.normalized_score(t.expert_return) == pytest.approx(100.0)
+        assert t.normalized_score(t.random_return) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="no usable random/expert returns"):
+        tasks.get_task("vl_shapes").normalized_score(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experts and rollouts.
+
+
+@pytest.mark.parametrize("name", CONTROL)
+def test_control_expert_beats_random(name):
+    task = tasks.get_task(name)
+    for seed in (0, 1):
+        expert = datagen.run_episode(task, seed, "expert", record=False)["return"]
+        rand = datagen.run_episode(task, seed, "random", record=False)["return"]
+        # normalised score of the expert on this seed (0 = random mean, 100 = expert mean)
+        assert task.normalized_score(expert) > 80, (name, seed, expert)
+        assert expert - rand > 0.5 * (task.expert_return - task.random_return), (name, seed)
+
+
+def test_rollouts_are_deterministic_per_seed():
+    task = tasks.get_task("pendulum")
+    a = datagen.run_episode(task, 5, "expert", max_steps=30)
+    b = datagen.run_episode(task, 5, "expert", max_steps=30)
+    c = datagen.run_episode(task, 6, "expert", max_steps=30)
+    np.testing.assert_array_equal(a["observation"]["state"], b["observation"]["state"])
+    np.testing.assert_array_equal(a["action"]["torque"], b["action"]["torque"])
+    assert not np.array_equal(a["observation"]["state"], c["observation"]["state"])
+    r1 = datagen.run_episode(task, 5, "random", max_steps=30)
+    r2 = datagen.run_episode(task, 5, "random", max_steps=30)
+    np.testing.assert_array_equal(r1["action"]["torque"], r2["action"]["torque"])
+
+
+def test_recorded_episode_replays_in_the_environment():
+    """Known case: replaying the recorded actions from the seed reproduces the observations
+    and rewards (parity with the original simulator)."""
+    task = tasks.get_task("acrobot")
+    ep = datagen.run_episode(task, 2, "expert")
+    env, obs = task.new_episode(2)
+    for t in range(ep["steps"]):
+        o = task.observation(obs, env)
+        np.testing.assert_array_equal(o["state"], ep["observation"]["state"][t])
+        obs, r, term, trunc, _ = env.step(task.to_env_action({"action": ep["action"]["action"][t]}))
+        assert r == ep["reward"][t]
+    assert term == ep["terminal"]
+    assert ep["reward"].sum() == pytest.approx(ep["return"])
+
+
+def test_bad_inputs():
+    task = tasks.get_task("cartpole")
+    with pytest.raises(ValueError, match="outside \\[0, 2\\)"):
+        task.to_env_action({"action": np.int32(2)})
+    with pytest.raises(ValueError, match="policy="):
+        datagen.run_episode(task, 0, "greedy")
+    with pytest.raises(ValueError, match="no environment"):
+        datagen.run_episode(tasks.get_task("text_corpus"), 0)
+    with pytest.raises(ValueError, match="no actions"):
+        tasks.get_task("vl_shapes").to_env_action({})
+    with pytest.raises(ValueError, match="episodes=0"):
+        datagen.measure_returns(task, 0)
+
+
+def test_vl_captions_describe_the_image():
+    """Known answer: each named shape is drawn in its named cell with its named colour."""
+    rng = np.random.default_rng(0)
+    places = {p: i for i, p in enumerate(tasks._PLACES)}
+    for _ in range(20):
+        img, caption = tasks.vl_shapes_pair(rng)
+        assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+        for part in caption.split(" and "):
+            words = part.split(" ")  # "a red circle in the top left"
+            colour, shape, place = words[1], words[2], " ".join(words[5:])
+            r, c = divmod(places[place], 3)
+            cell = img[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]
+            mask = tasks._shape_mask(shape, 16)
+            np.testing.assert_array_equal(
+                cell[mask], np.broadcast_to(tasks._COLOURS[colour], cell[mask].shape)
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated datasets.
+
+
+def test_generate_writes_every_task(generated):
+    out, names, report = generated
+    with open(os.path.join(out, "tasks.json")) as f:
+        saved = json.load(f)
+    assert list(saved["tasks"]) == names
+    assert saved["data"] == datagen.data_spec(names, out)
+    assert open(os.path.join(out, "data_spec.txt")).read().strip() == saved["data"]
+    for n in names:
+        t = tasks.get_task(n)
+        row = saved["tasks"][n]
+        assert os.path.isfile(os.path.join(out, n, "1.0.0", "dataset_info.json"))
+        assert row["seeds"] == [3, 3 + EPISODES]
+        if t.has_env:
+            assert row["random_return"] == t.random_return
+            assert row["expert_return"] == t.expert_return
+            assert len(row["generated_returns"]) == EPISODES
+        assert 1 <= row["mean_steps"] <= MAX_STEPS
+
+
+def test_generated_data_loads_through_pipeline(generated):
+    """Every task's dataset loads through RLDSDataset with the task's spec, and the mixture
+    gives training batches through GatoDataPipeline."""
+    out, names, _ = generated
+    tok = datagen.load_tokenizer(out)
+    srcs = datagen.sources(out, cfg=CFG)
+    assert [s.name for s in srcs] == names
+    for src in srcs:
+        t = tasks.get_task(src.name, CFG)
+        ds = RLDSDataset(src, CFG, expert_fraction=0.0, text_tokenizer=tok)
+        assert ds.num_episodes == EPISODES
+        assert set(ds.tasks) == {src.name}
+        raw, n = ds.episode(0)
+        assert 1 <= n <= MAX_STEPS
+        for f in t.spec.observation:
+            leaf = raw["observation"][f.path[0]]
+            if f.spec.kind == "text":
+                assert len(leaf) == n and all(isinstance(v, str) and v for v in leaf)
+            else:
+                assert np.asarray(leaf).shape == (n, *f.spec.shape), (src.name, f.name)
+        arrays = encode_episode(raw, t.spec, text_tokenizer=tok)
+        assert int(np.asarray(arrays.num_steps)) == n
+    data = GatoDataPipeline(
+        srcs,
+        CFG,
+        batch_size=len(srcs),
+        seed=0,
+        expert_fraction=0.0,
+        num_threads=0,
+        text_tokenizer=tok,
+    )
+    for _ in range(2):
+        batch = next(data)
+        assert batch.tokens.shape == (len(srcs), CFG.seq_len)
+        assert batch.loss_mask.any()
+
+
+def test_babyai_instruction_comes_from_metadata(generated):
+    out, names, _ = generated
+    if "babyai_goto_redball" not in names:
+        pytest.skip("minigrid not installed")
+    tok = datagen.load_tokenizer(out)
+    (src,) = datagen.sources(out, ["babyai_goto_redball"], cfg=CFG)
+    assert src.instruction_key == "instruction"
+    ds = RLDSDataset(src, CFG, expert_fraction=0.0, text_tokenizer=tok)
+    for i in range(EPISODES):
+        raw, n = ds.episode(i)
+        task = tasks.get_task("babyai_goto_redball")
+        env, obs = task.new_episode(3 + i)
+        assert raw["observation"]["instruction"] == [obs["mission"]] * n
+        np.testing.assert_array_equal(raw["observation"]["view"][0], obs["image"])
+
+
+def test_inferred_specs_load_for_non_text_tasks(generated):
+    """The plain `--data` string of python -m gato_jax.main (specs inferred from features)."""
+    out, names, _ = generated
+    plain = [n for n in names if tasks.get_task(n).domain not in ("vl", "text")]
+    srcs = parse_data_spec(datagen.data_spec(plain, out))
+    data = GatoDataPipeline(srcs, CFG, batch_size=4, seed=1, expert_fraction=0.0, num_threads=0)
+    assert next(data).tokens.shape == (4, CFG.seq_len)
+
+
+def test_recorded_layout_known_case(tmp_path):
+    """Full-length episodes: flags, rewards summing to the return, terminal vs time limit."""
+    import tensorflow_datasets as tfds
+
+    out = str(tmp_path)
+    datagen.generate(["cartpole", "mountaincar_continuous"], 2, out, seed=0, quiet=True)
+    for name, terminal in (("cartpole", False), ("mountaincar_continuous", True)):
+        task = tasks.get_task(name)
+        source = tfds.builder_from_directory(os.path.join(out, name, "1.0.0")).as_data_source(
+            "train"
+        )
+        for i in range(2):
+            ep = source[i]
+            meta = ep["episode_metadata"]
+            steps = ep["steps"]
+            n = len(steps)
+            flags = {k: np.asarray([s[k] for s in steps]) for k in STEP_FLAGS}
+            np.testing.assert_array_equal(flags["is_first"], np.arange(n) == 0)
+            np.testing.assert_array_equal(flags["is_last"], np.arange(n) == n - 1)
+            np.testing.assert_array_equal(flags["is_terminal"], (np.arange(n) == n - 1) & terminal)
+            rewards = np.asarray([s["reward"] for s in steps], np.float64)
+            ref = datagen.run_episode(task, i, "expert", record=False)
+            assert n == ref["steps"]
+            assert rewards.sum() == pytest.approx(ref["return"], rel=1e-5)
+            assert float(meta["episode_return"]) == pytest.approx(ref["return"])
+            assert meta["task"].decode() == name and int(meta["seed"]) == i
+            assert meta["instruction"].decode() == task.instruction
+            if name == "cartpole":
+                assert n == task.max_steps and rewards.sum() == n  # balanced until the limit
+            else:
+                assert n < task.max_steps  # reached the flag
+
+
+def test_existing_dataset_needs_overwrite(tmp_path):
+    out = str(tmp_path)
+    datagen.generate(["text_corpus"], 1, out, quiet=True, vocab_size=0)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        datagen.generate(["text_corpus"], 1, out, quiet=True, vocab_size=0)
+    datagen.generate(["text_corpus"], 2, out, quiet=True, vocab_size=0, overwrite=True)
+    assert datagen.load_report(out)["episodes"] == 2
+
+
+def test_measure_returns_updates_file(tmp_path):
+    path = str(tmp_path / "returns.json")
+    rc = datagen.main(
+        [
+            "--tasks",
+            "cartpole",
+            "--measure_returns",
+            "--returns_episodes",
+            "2",
+            "--quiet",
+            "--returns_file",
+            path,
+        ]
+    )
+    assert rc == 0
+    row = json.load(open(path))["cartpole"]
+    assert row["episodes"] == 2 and row["expert_return"] == 200.0
+    assert row["random_return"] < 100
+
+
+@pytest.mark.slow
+def test_main_trains_on_generated_data(tmp_path):
+    out = str(tmp_path / "data")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gato_jax.datagen",
+            "--tasks",
+            "control",
+            "--episodes",
+            "4",
+            "--out",
+            out,
+            "--quiet",
+        ],
+        check=True,
+    )
+    spec = open(os.path.join(out, "data_spec.txt")).read().strip()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gato_jax.main",
+            "--config",
+            "gato_tiny",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--num_steps",
+            "3",
+            "--data",
+            spec,
+            "--quiet",
+            "--set",
+            "expert_fraction=0",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = open(tmp_path / "run" / "metrics.jsonl").read().splitlines()
+    assert json.loads(lines[-1])["step"] == 3
