@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from core_jax.nn import Transformer
+from core_jax.nn import KVCache, Transformer
 from gato_jax.configs.base import GatoModelConfig
 from gato_jax.configs.tokenizer import TokenizerConfig
 from gato_jax.sequence import GatoInputs
@@ -177,6 +177,20 @@ class Gato(nn.Module):
                 f"patches must be [batch, slots, {cfg.patch_size}, {cfg.patch_size}, "
                 f"{cfg.image_channels}], got shape {patches.shape}"
             )
+        local = inputs.local_positions
+        has_local = local >= 0
+        pos = jnp.take(
+            self.local_position_embedding, jnp.clip(local, 0, cfg.max_local_positions - 1), axis=0
+        )
+        extra = jnp.where(has_local[..., None], pos.astype(dtype), jnp.zeros((), dtype))
+        if patches.shape[1] == 0:
+            # No patch slots (a decode step of action tokens): nothing to embed or gather.
+            shape = inputs.tokens.shape
+            return (
+                jnp.zeros((*shape, cfg.transformer.d_model), dtype),
+                jnp.zeros(shape, bool),
+                extra,
+            )
         key = None if deterministic else self.make_rng("dropout")
         if key is not None:
             k_row, k_col = jax.random.split(key)
@@ -190,24 +204,34 @@ class Gato(nn.Module):
         index = inputs.patch_index
         is_patch = index >= 0
         gathered = jnp.take_along_axis(emb, jnp.clip(index, 0)[..., None], axis=1)
-        local = inputs.local_positions
-        has_local = local >= 0
-        pos = jnp.take(
-            self.local_position_embedding, jnp.clip(local, 0, cfg.max_local_positions - 1), axis=0
-        )
-        extra = jnp.where(has_local[..., None], pos.astype(dtype), jnp.zeros((), dtype))
         return gathered, is_patch, extra
 
     def __call__(
-        self, inputs: GatoInputs | Any, *, deterministic: bool = True, return_hidden: bool = False
+        self,
+        inputs: GatoInputs | Any,
+        *,
+        deterministic: bool = True,
+        return_hidden: bool = False,
+        cache: KVCache | None = None,
+        num_valid: Array | None = None,
     ):
-        """Logits ``[B, L, vocab]`` (fp32) for a batch of windows.
+        """Logits ``[B, L, vocab]`` (fp32) for a batch of windows, or of new tokens with a cache.
 
         Args:
-          inputs: batched :class:`GatoInputs`.
+          inputs: batched :class:`GatoInputs` (or any object with the :data:`MODEL_FIELDS`).
+            ``patches`` may have zero slots (``[B, 0, p, p, C]``): the patch ResNet is then
+            skipped, which is what a decode step of action tokens wants.
           deterministic: False enables stochastic depth and random patch positions (needs a
             ``dropout`` rng).
           return_hidden: also return the final hidden states ``[B, L, d_model]``.
+          cache: a :class:`core_jax.nn.KVCache` (``KVCache.init(config.transformer, B, S)``).
+            When given, the ``L`` tokens of row ``b`` are appended at ``cache.length[b]`` and
+            attend to everything before them (the transformer's own cached path; see
+            :func:`core_jax.nn.prefill` / :func:`core_jax.nn.decode_step`), and the call
+            returns ``(logits, new_cache)`` (``(logits, hidden, new_cache)`` with
+            ``return_hidden``).
+          num_valid: ``[B]`` int32, with ``cache``: how many of the ``L`` new tokens of each row
+            are real (the rest is right padding, written but not counted); default ``L``.
         """
         tokens = inputs.tokens
         if tokens.ndim != 2:
@@ -217,6 +241,8 @@ class Gato(nn.Module):
                 raise ValueError(
                     f"{name} has shape {getattr(inputs, name).shape}, expected {tokens.shape}"
                 )
+        if num_valid is not None and cache is None:
+            raise ValueError("num_valid is only meaningful with a cache")
         emb, mask, extra = self.embed_inputs(inputs, deterministic)
         return self.transformer(
             tokens,
@@ -225,6 +251,8 @@ class Gato(nn.Module):
             extra_embeddings=extra,
             deterministic=deterministic,
             return_hidden=return_hidden,
+            cache=cache,
+            num_valid=num_valid,
         )
 
 
