@@ -541,8 +541,19 @@ def _print_report(report: Mapping[str, Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(f"generated in {report['seconds']:.1f} s")
     text_tasks = [n for n, t in report["tasks"].items() if t["domain"] in ("vl", "text")]
+    negative = [
+        n
+        for n, t in report["tasks"].items()
+        if t["generated_returns"] is not None and min(t["generated_returns"]) <= 0
+    ]
     print("\n--data for python -m gato_jax.main:")
     print(report["data"])
+    if negative:
+        print(
+            f"(returns <= 0 in {', '.join(negative)}: the training pipeline's expert filter "
+            "keeps episodes with return >= 0.8 x the best, which drops such episodes; train with "
+            "--set expert_fraction=0 to keep them.)"
+        )
     if text_tasks:
         print(
             f"(tasks with text observations ({', '.join(text_tasks)}) need explicit specs and "
