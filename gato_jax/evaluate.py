@@ -1,0 +1,417 @@
+"""Gato evaluation CLI (spec section 9): normalised scores per task, per-domain means, a table and
+a bar chart.
+
+    python -m gato_jax.evaluate --workdir /tmp/run --tasks cartpole,pendulum --episodes 10 \
+        --out /tmp/eval [--tokenizer /tmp/gato_data/tokenizer.model] [--max_steps 200]
+
+For every environment task (:mod:`gato_jax.tasks`):
+
+1. a successful demonstration is recorded with the task's expert (seeds ``demo_seed``,
+   ``demo_seed + 1``, ... until one scores ``>= demo_min_score``; otherwise the best of
+   ``demo_attempts``); its first ``prompt_tokens`` tokens prompt every rollout (spec section 6);
+2. ``--episodes`` rollouts run **at once** in a batched :class:`~gato_jax.policy.GatoPolicy`
+   (seeds ``seed, seed + 1, ...``; finished environments idle until all are done);
+3. the normalised score is ``100 * (R - random_return) / (expert_return - random_return)``
+   with ``R`` the mean return (:func:`normalized_score`; returns from
+   ``gato_jax/task_returns.json``): 0 = uniform random policy, 100 = the expert.
+
+``vl`` / ``text`` tasks have no environment and no return: their row reports the per-token
+perplexity of the text (captions / sentences) under the model, teacher-forced, on
+``--episodes`` freshly sampled episodes (seeds from ``seed``), and no normalised score.
+``--max_steps`` below a task's own limit caps its episodes for a quick look; their returns are
+reported but not normalised (the random/expert returns are for full-length episodes).
+
+Outputs in ``--out``: ``results.json`` (per task: returns, normalised score, demonstration,
+timing; summary: per-domain mean score and the fraction of tasks ``>= 50``), ``results.md``
+(the same as a markdown table) and ``scores.png`` (bar chart of normalised scores, one colour
+per domain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from gato_jax.policy import GatoPolicy, load_checkpoint
+
+
+def normalized_score(episode_return: float, random_return: float, expert_return: float) -> float:
+    """``100 * (R - random) / (expert - random)``: 0 = random policy, 100 = expert.
+
+    Raises:
+      ValueError: for non-finite returns or ``expert_return == random_return``.
+    """
+    vals = (episode_return, random_return, expert_return)
+    if not all(math.isfinite(float(v)) for v in vals):
+        raise ValueError(f"normalized_score: non-finite return in {vals}")
+    if expert_return == random_return:
+        raise ValueError(f"normalized_score: expert_return == random_return == {random_return}")
+    return 100.0 * (float(episode_return) - random_return) / (expert_return - random_return)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], threshold: float = 50.0) -> dict[str, Any]:
+    """Per-domain mean normalised score and the fraction of scored tasks ``>= threshold``.
+
+    Args:
+      rows: per-task dicts with ``domain`` and ``score`` (None for unscored vl/text tasks).
+      threshold: the "fraction of tasks above" threshold (spec: 50 = half of the expert).
+
+    Returns:
+      ``{"domain_mean": {domain: mean}, "mean": overall mean over scored tasks,
+      "fraction_at_least": fraction, "threshold": threshold, "scored_tasks": n}``.
+    """
+    scored = [r for r in rows if r.get("score") is not None]
+    domains: dict[str, list[float]] = {}
+    for r in scored:
+        domains.setdefault(r["domain"], []).append(float(r["score"]))
+    return {
+        "domain_mean": {d: float(np.mean(v)) for d, v in sorted(domains.items())},
+        "mean": float(np.mean([r["score"] for r in scored])) if scored else None,
+        "fraction_at_least": (
+            float(np.mean([r["score"] >= threshold for r in scored])) if scored else None
+        ),
+        "threshold": threshold,
+        "scored_tasks": len(scored),
+    }
+
+
+# ------------------------------------------------------------------------------ rollouts
+
+
+def _stack_tree(items: list) -> Any:
+    first = items[0]
+    if isinstance(first, Mapping):
+        return {k: _stack_tree([it[k] for it in items]) for k in first}
+    if isinstance(first, str):
+        return list(items)
+    return np.stack([np.asarray(x) for x in items])
+
+
+def record_demonstration(
+    task, seed: int, *, attempts: int = 5, min_score: float = 80.0, keep_steps: int | None = None
+) -> tuple[dict, float, int]:
+    """Rolls out the task's expert until an episode scores ``>= min_score`` (or the best of
+    ``attempts``).
+
+    Args:
+      task: a :class:`gato_jax.tasks.Task` with an environment and an expert.
+      seed: first episode seed.
+      attempts: episodes tried at most.
+      min_score: normalised score that counts as successful (needs the task's returns; without
+        them the first episode is taken).
+      keep_steps: keep only the first steps of the recording (a prompt uses its first tokens).
+
+    Returns:
+      ``(episode, return, seed)``: the episode as ``{"observation": ..., "action": ...}`` with
+      a leading time axis, ready for :meth:`GatoPolicy.reset`.
+    """
+    if task.expert is None or task.from_env_action is None:
+        raise ValueError(f"task {task.name!r} has no expert to record a demonstration with")
+    best = None
+    for k in range(attempts):
+        s = seed + k
+        env, obs = task.new_episode(s)
+        expert = task.expert(s)
+        expert.reset(env, obs)
+        observations, actions, total = [], [], 0.0
+        for _ in range(task.max_steps):
+            a = expert.act(obs, env)
+            if keep_steps is None or len(observations) < keep_steps:
+                observations.append(task.observation(obs, env))
+                actions.append(task.from_env_action(a))
+            obs, r, term, trunc, _ = env.step(a)
+            total += float(r)
+            if term or trunc:
+                break
+        env.close()
+        episode = {"observation": _stack_tree(observations), "action": _stack_tree(actions)}
+        if best is None or total > best[1]:
+            best = (episode, total, s)
+        try:
+            if normalized_score(total, task.random_return, task.expert_return) >= min_score:
+                break
+        except ValueError:
+            break
+    return best
+
+
+def rollout(policy: GatoPolicy, task, seeds: Sequence[int], max_steps: int) -> list[float]:
+    """Runs ``len(seeds)`` episodes at once (one per policy row); returns their returns."""
+    if len(seeds) != policy.batch_size:
+        raise ValueError(f"{len(seeds)} seeds for a policy of batch {policy.batch_size}")
+    envs, obs = zip(*[task.new_episode(s) for s in seeds], strict=True)
+    obs = list(obs)
+    returns = [0.0] * len(seeds)
+    live = [True] * len(seeds)
+    for _ in range(max_steps):
+        if not any(live):
+            break
+        inputs = [
+            task.observation(o, e) if ok else None for o, e, ok in zip(obs, envs, live, strict=True)
+        ]
+        actions = policy.act_batch(inputs)
+        for i, a in enumerate(actions):
+            if not live[i]:
+                continue
+            obs[i], r, term, trunc, _ = envs[i].step(a)
+            returns[i] += float(r)
+            live[i] = not (term or trunc)
+    for e in envs:
+        e.close()
+    return returns
+
+
+def text_perplexity(model_config, params, task, seeds: Sequence[int], tokenizer) -> dict:
+    """Teacher-forced per-token perplexity of the text of ``task.sample_episode(seed)``."""
+    from gato_jax.models import Gato
+    from gato_jax.sequence import build_batch, encode_episode, stack_episodes
+    from gato_jax.train import gato_loss
+
+    if tokenizer is None:
+        raise ValueError(f"task {task.name!r} has text: pass --tokenizer (SentencePiece model)")
+    spec = task.spec
+    arrays = [encode_episode(task.sample_episode(s), spec, text_tokenizer=tokenizer) for s in seeds]
+    batch = build_batch(
+        stack_episodes(arrays), jax.random.split(jax.random.key(0), len(arrays)), spec,
+        prompt_mode="none", window="start",
+    )  # fmt: skip
+    model = Gato(model_config)
+
+    @jax.jit
+    def metrics(params, batch):
+        return gato_loss(model.apply({"params": params}, batch), batch)[1]
+
+    m = jax.device_get(metrics(params, batch))
+    n = float(m["text_tokens"])
+    loss = float(m["text_loss"])
+    return {"text_loss": loss, "perplexity": math.exp(loss), "text_tokens": n}
+
+
+def evaluate(
+    workdir: str,
+    task_names: Sequence[str],
+    *,
+    episodes: int,
+    seed: int = 0,
+    demo_seed: int = 2_000_000,
+    demo_attempts: int = 5,
+    demo_min_score: float = 80.0,
+    max_steps: int | None = None,
+    temperature: float = 0.0,
+    prompt_tokens: int | None = None,
+    tokenizer_path: str | None = None,
+    step: int | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Evaluates a checkpoint on tasks; returns the JSON-able results (see the module doc)."""
+    from gato_jax.tasks import get_task
+    from gato_jax.tokenizer import TextTokenizer
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    cfg, params = load_checkpoint(workdir, step)
+    if tokenizer_path is None and os.path.isfile(os.path.join(workdir, "tokenizer.model")):
+        tokenizer_path = os.path.join(workdir, "tokenizer.model")
+    tokenizer = TextTokenizer.load(tokenizer_path) if tokenizer_path else None
+    tasks = [get_task(n, cfg.tokenizer) for n in task_names]  # unknown names fail here, early
+    rows = []
+    for task in tasks:
+        t0 = time.perf_counter()
+        seeds = [seed + i for i in range(episodes)]
+        row: dict[str, Any] = {"task": task.name, "domain": task.domain, "episodes": episodes}
+        if not task.has_env:
+            row.update(text_perplexity(cfg.model, params, task, seeds, tokenizer))
+            row["score"] = None
+        else:
+            policy = GatoPolicy(
+                cfg.model,
+                params,
+                task,
+                batch_size=episodes,
+                temperature=temperature,
+                seed=seed,
+                prompt_tokens=prompt_tokens,
+                text_tokenizer=tokenizer,
+            )
+            min_step = max(1, policy.spec.tokens_per_step - policy.max_obs_tokens)
+            keep = policy.prompt_tokens // min_step + 2
+            demo, demo_return, used_seed = record_demonstration(
+                task, demo_seed, attempts=demo_attempts, min_score=demo_min_score, keep_steps=keep
+            )
+            policy.reset(prompt_episode=demo if policy.prompt_tokens > 0 else None)
+            limit = task.max_steps if max_steps is None else min(max_steps, task.max_steps)
+            returns = rollout(policy, task, seeds, limit)
+            mean = float(np.mean(returns))
+            # Returns of capped episodes are not comparable with the full-length random and
+            # expert returns (a capped Pendulum episode loses less reward whatever the policy),
+            # so a capped run reports returns but no normalised score.
+            capped = limit < task.max_steps
+            known = math.isfinite(task.random_return) and math.isfinite(task.expert_return)
+            row.update(
+                mean_return=mean,
+                std_return=float(np.std(returns)),
+                returns=returns,
+                random_return=task.random_return,
+                expert_return=task.expert_return,
+                score=(
+                    normalized_score(mean, task.random_return, task.expert_return)
+                    if known and not capped
+                    else None
+                ),
+                max_steps=limit,
+                capped=capped,
+                demo_return=demo_return,
+                demo_seed=used_seed,
+                prompt_tokens=policy.prompt_tokens,
+                context_len=policy.context_len,
+            )
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        log(_row_line(row))
+    return {
+        "workdir": os.path.abspath(workdir),
+        "config": {"d_model": cfg.model.transformer.d_model, "seq_len": cfg.tokenizer.seq_len},
+        "temperature": temperature,
+        "seed": seed,
+        "tasks": rows,
+        "summary": summarize(rows),
+    }
+
+
+def _json_safe(x):
+    """NaN/Inf (tasks without measured returns) -> None, so the file is strict JSON."""
+    if isinstance(x, Mapping):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _row_line(row: Mapping[str, Any]) -> str:
+    if "perplexity" in row:
+        return f"{row['task']}: text perplexity {row['perplexity']:.2f}"
+    score = "n/a" if row["score"] is None else f"{row['score']:.1f}"
+    if row.get("capped"):
+        score += f" (episodes capped at {row['max_steps']} steps: not comparable)"
+    return f"{row['task']}: mean return {row['mean_return']:.2f}, normalised score {score}"
+
+
+def _fmt(v, spec=".1f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The results as markdown: one row per task, then the per-domain summary."""
+    lines = [
+        "| task | domain | episodes | mean return | random | expert | normalised score | "
+        "text perplexity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["tasks"]:
+        lines.append(
+            f"| {r['task']} | {r['domain']} | {r['episodes']} | "
+            f"{_fmt(r.get('mean_return'), '.2f')} | {_fmt(r.get('random_return'), '.2f')} | "
+            f"{_fmt(r.get('expert_return'), '.2f')} | {_fmt(r.get('score'))} | "
+            f"{_fmt(r.get('perplexity'), '.2f')} |"
+        )
+    s = results["summary"]
+    lines += ["", "| domain | mean normalised score |", "|---|---|"]
+    lines += [f"| {d} | {v:.1f} |" for d, v in s["domain_mean"].items()]
+    frac = s["fraction_at_least"]
+    lines += [
+        "",
+        f"Mean normalised score over {s['scored_tasks']} scored tasks: {_fmt(s['mean'])}; "
+        f"fraction of tasks >= {s['threshold']:.0f}: "
+        f"{'n/a' if frac is None else f'{100 * frac:.0f}%'}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: Mapping[str, Any], path: str) -> None:
+    """Normalised score per task (bars coloured by domain; 0 = random, 100 = expert)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["tasks"] if r.get("score") is not None]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 2), 3.5))
+    domains = sorted({r["domain"] for r in rows})
+    colours = {d: plt.cm.tab10(i) for i, d in enumerate(domains)}
+    ax.bar(
+        range(len(rows)),
+        [r["score"] for r in rows],
+        color=[colours[r["domain"]] for r in rows],
+    )
+    ax.set_xticks(range(len(rows)), [r["task"] for r in rows], rotation=45, ha="right")
+    for y, style in ((0, "-"), (50, ":"), (100, "--")):
+        ax.axhline(y, color="grey", lw=0.8, ls=style)
+    ax.set_ylabel("normalised score")
+    ax.set_title("Gato: 0 = random, 100 = expert")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[d]) for d in domains]
+    if handles:
+        ax.legend(handles, domains, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="a gato_jax.main run directory")
+    parser.add_argument("--tasks", required=True, help="comma-separated task names")
+    parser.add_argument("--episodes", type=int, default=10, help="rollouts per task (batched)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0, help="first rollout seed")
+    parser.add_argument("--demo_seed", type=int, default=2_000_000, help="first demo seed")
+    parser.add_argument("--max_steps", type=int, help="cap episode length (default: the task's)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--prompt_tokens", type=int, help="default: the checkpoint's config")
+    parser.add_argument("--tokenizer", help="SentencePiece model for text fields")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    if not names:
+        parser.error("--tasks is empty")
+    try:
+        results = evaluate(
+            args.workdir,
+            names,
+            episodes=args.episodes,
+            seed=args.seed,
+            demo_seed=args.demo_seed,
+            max_steps=args.max_steps,
+            temperature=args.temperature,
+            prompt_tokens=args.prompt_tokens,
+            tokenizer_path=args.tokenizer,
+            step=args.step,
+        )
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(_json_safe(results), f, indent=2, allow_nan=False)
+        f.write("\n")
+    table = markdown(results)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    bar_chart(results, os.path.join(args.out, "scores.png"))
+    print(table)
+    print(f"wrote {args.out}/results.json, results.md, scores.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
