@@ -320,7 +320,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     ]
     for r in results["tasks"]:
         lines.append(
-            f"| {r['task']} | {r['domain']} | {r['episodes']} | "
+            f"| {r['task']} | {r['domain']} | {r.get('episodes', '')} | "
             f"{_fmt(r.get('mean_return'), '.2f')} | {_fmt(r.get('random_return'), '.2f')} | "
             f"{_fmt(r.get('expert_return'), '.2f')} | {_fmt(r.get('score'))} | "
             f"{_fmt(r.get('perplexity'), '.2f')} |"
