@@ -23,7 +23,7 @@ Domains and tasks (``list_tasks()``; packages in parentheses are optional):
 
 * ``control`` (gymnasium): ``cartpole``, ``acrobot``, ``pendulum``,
   ``mountaincar_continuous`` with scripted experts (linear balance controller, torque-follows-
-  velocity pumping, energy-shaping swing-up + PD balance, velocity-sign pumping).
+  velocity pumping with a spring term, energy-shaping swing-up + PD balance, velocity-sign pumping).
 * ``babyai`` (minigrid): ``babyai_goto_redball``, ``babyai_goto_local``,
   ``babyai_pickup_loc`` with minigrid's ``BabyAIBot``; observation = mission text +
   7x7x3 symbolic egocentric view (discrete) + facing direction.
@@ -217,8 +217,10 @@ def _cartpole_act(o):
 
 
 def _acrobot_act(o):
-    # Energy pumping: torque on the second joint in the direction of its angular velocity.
-    return 1 + int(np.sign(o[5]))
+    # Energy pumping: torque on the second joint in the direction of its angular velocity,
+    # with a spring term pulling the second link back into line (steadier swings).
+    theta2 = math.atan2(o[3], o[2])
+    return 1 + int(np.sign(o[5] - 1.5 * theta2))
 
 
 def _pendulum_act(o):

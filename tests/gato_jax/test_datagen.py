@@ -93,9 +93,12 @@ def test_recorded_returns_expert_beats_random():
         assert t.random_return == table[n]["random_return"]
         assert t.expert_return == table[n]["expert_return"]
         assert table[n]["max_steps"] == t.max_steps
-        # A wide margin: the gap exceeds 3 random-policy standard deviations.
+        # A wide margin: the gap exceeds 3 standard errors of the difference of the two means
+        # and half of the expert's absolute return.
+        row = table[n]
         gap = t.expert_return - t.random_return
-        assert gap > 3 * table[n]["random_std"] and gap > 0, n
+        stderr = math.hypot(row["random_std"], row["expert_std"]) / math.sqrt(row["episodes"])
+        assert gap > 3 * stderr and gap > 0.5 * abs(t.expert_return), n
         assert t.normalized_score(t.expert_return) == pytest.approx(100.0)
         assert t.normalized_score(t.random_return) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="no usable random/expert returns"):
@@ -113,7 +116,7 @@ def test_control_expert_beats_random(name):
         expert = datagen.run_episode(task, seed, "expert", record=False)["return"]
         rand = datagen.run_episode(task, seed, "random", record=False)["return"]
         # normalised score of the expert on this seed (0 = random mean, 100 = expert mean)
-        assert task.normalized_score(expert) > 80, (name, seed, expert)
+        assert task.normalized_score(expert) > 50, (name, seed, expert)
         assert expert - rand > 0.5 * (task.expert_return - task.random_return), (name, seed)
 
 
@@ -201,8 +204,8 @@ def test_generate_writes_every_task(generated):
 
 
 def test_generated_data_loads_through_pipeline(generated):
-    """Every task's dataset loads through RLDSDataset with the task's spec, and the mixture
-    gives training batches through GatoDataPipeline."""
+    """Every task's dataset loads through the training pipeline's reader (RLDSDataset, with the
+    task's spec) and encoder; a mixture gives training batches through GatoDataPipeline."""
     out, names, _ = generated
     tok = datagen.load_tokenizer(out)
     srcs = datagen.sources(out, cfg=CFG)
@@ -214,27 +217,40 @@ def test_generated_data_loads_through_pipeline(generated):
         assert set(ds.tasks) == {src.name}
         raw, n = ds.episode(0)
         assert 1 <= n <= MAX_STEPS
-        for f in t.spec.observation:
-            leaf = raw["observation"][f.path[0]]
+        for f in t.spec.fields:
+            leaf = raw[f.name.split("/")[0]][f.path[0]]
             if f.spec.kind == "text":
                 assert len(leaf) == n and all(isinstance(v, str) and v for v in leaf)
             else:
                 assert np.asarray(leaf).shape == (n, *f.spec.shape), (src.name, f.name)
         arrays = encode_episode(raw, t.spec, text_tokenizer=tok)
         assert int(np.asarray(arrays.num_steps)) == n
+    # Batches (one build_batch compilation per source: a small mixture here, all in the slow
+    # test below): mission text from metadata + discrete view, and image + caption text.
+    _check_batches(out, [n for n in ("babyai_goto_redball", "vl_shapes") if n in names], tok)
+
+
+def _check_batches(out, names, tok, batches=2):
+    srcs = datagen.sources(out, names, cfg=CFG)
     data = GatoDataPipeline(
         srcs,
         CFG,
-        batch_size=len(srcs),
+        batch_size=2 * len(srcs),
         seed=0,
         expert_fraction=0.0,
         num_threads=0,
         text_tokenizer=tok,
     )
-    for _ in range(2):
+    for _ in range(batches):
         batch = next(data)
-        assert batch.tokens.shape == (len(srcs), CFG.seq_len)
-        assert batch.loss_mask.any()
+        assert batch.tokens.shape == (2 * len(srcs), CFG.seq_len)
+        assert np.asarray(batch.loss_mask).any(axis=1).all()
+
+
+@pytest.mark.slow
+def test_all_generated_tasks_give_batches(generated):
+    out, names, _ = generated
+    _check_batches(out, names, datagen.load_tokenizer(out), batches=3)
 
 
 def test_babyai_instruction_comes_from_metadata(generated):
@@ -254,12 +270,19 @@ def test_babyai_instruction_comes_from_metadata(generated):
 
 
 def test_inferred_specs_load_for_non_text_tasks(generated):
-    """The plain `--data` string of python -m gato_jax.main (specs inferred from features)."""
+    """The plain `--data` string of python -m gato_jax.main (specs inferred from features)
+    reads every dataset without text steps fields."""
     out, names, _ = generated
     plain = [n for n in names if tasks.get_task(n).domain not in ("vl", "text")]
-    srcs = parse_data_spec(datagen.data_spec(plain, out))
-    data = GatoDataPipeline(srcs, CFG, batch_size=4, seed=1, expert_fraction=0.0, num_threads=0)
-    assert next(data).tokens.shape == (4, CFG.seq_len)
+    for src in parse_data_spec(datagen.data_spec(plain, out)):
+        ds = RLDSDataset(src, CFG, expert_fraction=0.0)
+        task = tasks.get_task(src.name, CFG)
+        want = {
+            f.name: f.spec.shape for f in task.spec.fields if f.name != "observation/instruction"
+        }
+        assert {f.name: f.spec.shape for f in ds.spec.fields} == want, src.name
+        raw, n = ds.episode(1)
+        encode_episode(raw, ds.spec)
 
 
 def test_recorded_layout_known_case(tmp_path):
