@@ -23,6 +23,7 @@ BENCHMARKS = {
     "transformer_step": "benchmarks.transformer_step",
     "gato_tokenize": "benchmarks.gato_tokenize",
     "gato_step": "benchmarks.gato_step",
+    "gato_control": "benchmarks.gato_control",
 }
 
 

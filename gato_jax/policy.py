@@ -70,12 +70,14 @@ from gato_jax.configs.base import GatoConfig, GatoModelConfig
 from gato_jax.configs.tokenizer import TokenizerConfig
 from gato_jax.models import Gato
 from gato_jax.sequence import (
+    EpisodeArrays,
     _patch_tables,
     _step_streams,
     action_id_ranges,
     action_token_count,
     detokenize_action,
     encode_episode,
+    stack_episodes,
 )
 from gato_jax.spec import EpisodeSpec, FieldSpec, TokenKind
 from gato_jax.tokenizer import TextTokenizer
@@ -302,6 +304,7 @@ class GatoPolicy:
             np.zeros((0, 2), np.int32),
         )
         self._encode_step = jax.jit(functools.partial(_step_streams, spec=spec))
+        self._encode_batch = jax.jit(jax.vmap(functools.partial(_step_streams, spec=spec)))
         self._act_fn = jax.jit(self._act_impl)
         self._refill_fn = jax.jit(self._refill_impl)
         self.cache = KVCache.init(tcfg, B, S)
@@ -345,9 +348,27 @@ class GatoPolicy:
         Raises:
           ValueError: naming the field, as :func:`gato_jax.sequence.encode_episode`.
         """
+        return self._stream_tokens(self._encode_step(self._arrays(observation)), True)
+
+    def _arrays(self, observation: Any) -> EpisodeArrays:
         episode = {"observation": _add_time_axis(observation), "action": _dummy_action(self.spec)}
-        arrays = encode_episode(episode, self.spec, text_tokenizer=self.text_tokenizer, max_steps=1)
-        return self._stream_tokens(self._encode_step(arrays), split_action=True)
+        return encode_episode(episode, self.spec, text_tokenizer=self.text_tokenizer, max_steps=1)
+
+    def _encode_observations(self, observations: Sequence[Any]) -> list:
+        """``B`` observations (None: idle) -> ``encode_observation`` results, in one jitted call
+        (idle rows are filled with a copy of a real one and dropped)."""
+        arrays = [None if o is None else self._arrays(o) for o in observations]
+        real = [a for a in arrays if a is not None]
+        if not real:
+            return [None] * len(arrays)
+        stacked = stack_episodes([real[0] if a is None else a for a in arrays])
+        streams = jax.device_get(self._encode_batch(stacked))
+        return [
+            None
+            if a is None
+            else self._stream_tokens(jax.tree.map(lambda x, b=b: x[b], streams), True)
+            for b, a in enumerate(arrays)
+        ]
 
     def encode_prompt(self, episode: Mapping) -> _Tokens:
         """The first ``prompt_tokens`` tokens of a demonstration episode (host arrays)."""
@@ -443,11 +464,16 @@ class GatoPolicy:
         n_act = self.num_action_tokens
         b = self.batch_size
         active = (num_valid > 0).astype(jnp.int32)
-        logits, cache = self.model.apply(
-            {"params": params}, chunk, cache=cache, num_valid=num_valid
+        # Only the chunk's last real position needs logits: take its hidden state and project
+        # it alone (the chunk's full logits are unused, so XLA drops them: a 33k-wide output
+        # layer over the whole chunk would dominate a small model's act).
+        _, hidden, cache = self.model.apply(
+            {"params": params}, chunk, cache=cache, num_valid=num_valid, return_hidden=True
         )
-        last = jnp.take_along_axis(logits, jnp.maximum(num_valid - 1, 0)[:, None, None], axis=1)
-        last = last[:, 0]
+        h = jnp.take_along_axis(hidden, jnp.maximum(num_valid - 1, 0)[:, None, None], axis=1)
+        last = self.model.apply(
+            {"params": params}, h[:, 0], method=lambda m, x: m.transformer.logits_from_hidden(x)
+        )
         ranges = jnp.asarray(self.id_ranges)
         cfg = self.spec.cfg
         ps, c = cfg.patch_size, cfg.image_channels
@@ -551,7 +577,7 @@ class GatoPolicy:
         if len(observations) != self.batch_size:
             raise ValueError(f"expected {self.batch_size} observations, got {len(observations)}")
         S, n_act = self.context_len, self.num_action_tokens  # noqa: N806
-        encoded = [None if o is None else self.encode_observation(o) for o in observations]
+        encoded = self._encode_observations(observations)
         # Roll-over: drop the oldest whole steps of rows whose next chunk would not fit.
         windows = {}
         for b, enc in enumerate(encoded):

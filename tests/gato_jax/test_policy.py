@@ -19,7 +19,13 @@ from core_jax.train_state import TrainState
 from gato_jax.configs import get_config
 from gato_jax.models import Gato, dummy_inputs
 from gato_jax.policy import GatoPolicy, ModelInputs
-from gato_jax.sequence import action_id_ranges, build_sequence, encode_episode
+from gato_jax.sequence import (
+    action_id_ranges,
+    build_batch,
+    detokenize_action,
+    encode_episode,
+    stack_episodes,
+)
 from gato_jax.spec import EpisodeSpec, FieldSpec
 from gato_jax.train import make_optimizer
 
@@ -79,13 +85,23 @@ def full_forward_logits(model, params, toks, cfg, length):
     pidx = np.full((1, length), -1, np.int32)
     tokens[0, :n], local[0, :n] = toks.ids, toks.local
     pidx[0, np.flatnonzero(toks.is_patch)] = np.arange(k)
-    slots = max(k, 1)
+    slots = 16  # fixed, so the jitted reference compiles once
     patches = np.zeros((1, slots, cfg.patch_size, cfg.patch_size, 3), np.float32)
     rows = np.zeros((1, slots, 2), np.int32)
     cols = np.zeros((1, slots, 2), np.int32)
     patches[0, :k], rows[0, :k], cols[0, :k] = toks.pixels, toks.rows, toks.cols
     inputs = ModelInputs(tokens, local, pidx, patches, rows, cols)
-    return np.asarray(model.apply({"params": params}, inputs))[0, n - 1]
+    return np.asarray(_forward(model, params, inputs))[0, n - 1]
+
+
+@jax.jit
+def _forward_impl(params, inputs):
+    return Gato(CFG.model).apply({"params": params}, inputs)
+
+
+def _forward(model, params, inputs):
+    assert model.config == CFG.model
+    return _forward_impl(params, inputs)
 
 
 def test_cached_acting_equals_non_cached_reference_with_roll_over(params):
@@ -165,16 +181,20 @@ def test_context_tokens_match_build_sequence(params):
     ranges = policy.num_action_tokens
     steps = list(policy._envs[0].steps)
     for t, s in enumerate(steps):
-        from gato_jax.sequence import detokenize_action
-
         vals = detokenize_action(s.ids[-ranges:], spec)
         arm[t], grip[t] = vals["action/arm"], vals["action/grip"]
     acted["action"] = {"arm": arm, "grip": grip}
     arrays = encode_episode(acted, spec)
     prompt_arrays = encode_episode(demo, spec)
-    seq = build_sequence(
-        arrays, jax.random.key(0), spec, prompt_arrays, prompt_mode="start", window="start"
+    batch = build_batch(
+        stack_episodes([arrays]),
+        jax.random.key(0)[None],
+        spec,
+        stack_episodes([prompt_arrays]),
+        prompt_mode="start",
+        window="start",
     )
+    seq = jax.tree.map(lambda x: x[0], batch)
     n = len(ctx)
     assert n <= spec.cfg.seq_len and int(seq.valid.sum()) == n
     np.testing.assert_array_equal(np.asarray(seq.tokens)[:n], ctx.ids)
@@ -251,12 +271,12 @@ def test_box_with_offset_bounds_detokenises_inside(params):
             assert space.contains(a), a
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_batched_equals_per_env(params, temperature):
+def test_batched_equals_per_env(params):
+    temperature = 1.0  # sampled: per-row PRNG streams must match too (greedy is t = 0 of it)
     spec = mixed_spec()
     rng = np.random.default_rng(7)
-    demos = [mixed_episode(rng, 3), None, mixed_episode(rng, 2)]
-    B = 3  # noqa: N806
+    demos = [mixed_episode(rng, 3), None]
+    B = 2  # noqa: N806
     batched = GatoPolicy(CFG.model, params, spec, batch_size=B, temperature=temperature, seed=9)
     singles = [
         GatoPolicy(CFG.model, params, spec, temperature=temperature, keys=batched.keys[b : b + 1])
@@ -267,11 +287,11 @@ def test_batched_equals_per_env(params, temperature):
         singles[b].reset(demos[b])
     for t in range(9):
         obs = [mixed_obs(rng, t + b) for b in range(B)]
-        if t == 4:  # env 1 starts a new episode alone; env 2 idles for one act
+        if t == 4:  # env 1 starts a new (prompted) episode alone; env 0 idles for one act
             batched.reset_env(1, demos[0])
             singles[1].reset(demos[0])
         if t == 6:
-            obs[2] = None
+            obs[0] = None
         got = batched.act_batch(obs)
         for b in range(B):
             if obs[b] is None:
