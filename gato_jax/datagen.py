@@ -3,7 +3,15 @@
     python -m gato_jax.datagen --tasks cartpole,pendulum,babyai_goto_redball,vl_shapes \
         --episodes 20 --out /tmp/gato_data [--seed 0] [--max_steps 100]
     python -m gato_jax.main --config gato_tiny --workdir /tmp/run \
-        --data "$(cat /tmp/gato_data/data_spec.txt)"
+        --data "$(cat /tmp/gato_data/data_spec.txt)" --set expert_fraction=0
+
+(``expert_fraction=0``: the pipeline's expert filter keeps returns >= 0.8 x the best episode's,
+which drops every episode of a task whose returns are negative, e.g. pendulum.) From Python, with
+the tasks' own specs (text fields included)::
+
+    >>> srcs = datagen.sources("/tmp/gato_data", cfg=tok_cfg)
+    >>> data = GatoDataPipeline(srcs, tok_cfg, batch_size=8,
+    ...                         text_tokenizer=datagen.load_tokenizer("/tmp/gato_data"))
 
 Each task's episodes are rolled out with its expert (environment tasks) or sampled from its
 procedural source (``vl`` / ``text``), with seeds ``seed, seed + 1, ...``, and written with
@@ -24,7 +32,9 @@ procedural source (``vl`` / ``text``), with seeds ``seed, seed + 1, ...``, and w
 
 ``OUT/tasks.json`` records per task the dataset, seeds, the recorded random / expert returns for
 normalisation (from ``gato_jax/task_returns.json``), the generated episodes' returns and the
-spec; ``OUT/data_spec.txt`` holds the ``--data`` string for ``python -m gato_jax.main``;
+spec; ``OUT/data_spec.txt`` holds the ``--data`` string for ``python -m gato_jax.main`` (which
+infers specs from the features, so it lists the tasks without text in their steps; all tasks,
+text included, load with :func:`sources` and :func:`load_tokenizer`);
 ``OUT/tokenizer.model`` is a small SentencePiece model trained on the generated text and the
 shipped corpus (for text fields: ``TextTokenizer.load``).
 
@@ -343,6 +353,13 @@ def data_spec(names: Sequence[str], out: str) -> str:
     return ",".join(f"tfds:{n}@{os.path.abspath(out)}" for n in names)
 
 
+def has_text_steps(task: Task) -> bool:
+    """Whether the task stores text in its steps (its spec cannot be inferred from features)."""
+    return any(
+        f.spec.kind == "text" and f.name != "observation/instruction" for f in task.spec.fields
+    )
+
+
 def generate(
     names: Sequence[str],
     episodes: int,
@@ -408,7 +425,9 @@ def generate(
         "max_steps": max_steps,
         "file_format": file_format,
         "tokenizer": "tokenizer.model" if tokenizer else None,
-        "data": data_spec(names, out),
+        # For python -m gato_jax.main (specs inferred from the features): no text steps fields.
+        "data": data_spec([n for n in names if not has_text_steps(get_task(n))], out),
+        "data_all": data_spec(names, out),
         "tasks": {},
     }
     for n, eps in generated.items():
@@ -540,7 +559,7 @@ def _print_report(report: Mapping[str, Any]) -> None:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(f"generated in {report['seconds']:.1f} s")
-    text_tasks = [n for n, t in report["tasks"].items() if t["domain"] in ("vl", "text")]
+    text_tasks = [n for n in report["tasks"] if has_text_steps(get_task(n))]
     negative = [
         n
         for n, t in report["tasks"].items()
@@ -556,8 +575,8 @@ def _print_report(report: Mapping[str, Any]) -> None:
         )
     if text_tasks:
         print(
-            f"(tasks with text observations ({', '.join(text_tasks)}) need explicit specs and "
-            "a text tokenizer: gato_jax.datagen.sources(DIR) + load_tokenizer(DIR).)"
+            f"(left out: {', '.join(text_tasks)}, whose steps hold text: read them with explicit "
+            "specs and a text tokenizer, gato_jax.datagen.sources(DIR) + load_tokenizer(DIR).)"
         )
 
 

@@ -189,7 +189,9 @@ def test_generate_writes_every_task(generated):
     with open(os.path.join(out, "tasks.json")) as f:
         saved = json.load(f)
     assert list(saved["tasks"]) == names
-    assert saved["data"] == datagen.data_spec(names, out)
+    assert saved["data_all"] == datagen.data_spec(names, out)
+    plain = [n for n in names if tasks.get_task(n).domain not in ("vl", "text")]
+    assert saved["data"] == datagen.data_spec(plain, out)
     assert open(os.path.join(out, "data_spec.txt")).read().strip() == saved["data"]
     for n in names:
         t = tasks.get_task(n)
