@@ -144,11 +144,21 @@ class Task:
 # Shared helpers.
 
 
+def _action_value(a, key: str) -> np.ndarray:
+    if not isinstance(a, dict) or key not in a:
+        got = sorted(a) if isinstance(a, dict) else type(a).__name__
+        raise ValueError(f"expected an action dict with key {key!r}, got {got}")
+    return np.asarray(a[key])
+
+
 def _discrete_action(n: int, key: str = "action"):
     spec = {key: FieldSpec("discrete", (), low=0, high=n - 1)}
 
     def to_env(a: dict) -> int:
-        v = int(np.asarray(a[key]).reshape(()))
+        v = _action_value(a, key)
+        if v.size != 1:
+            raise ValueError(f"action/{key}: expected one value, got shape {v.shape}")
+        v = int(v.reshape(()))
         if not 0 <= v < n:
             raise ValueError(f"action/{key}={v} outside [0, {n})")
         return v
@@ -165,8 +175,12 @@ def _box_action(low, high, key: str):
     spec = {key: FieldSpec("continuous", low.shape, low=low, high=high)}
 
     def to_env(a: dict) -> np.ndarray:
-        v = np.asarray(a[key], np.float32).reshape(low.shape)
-        return np.clip(v, low, high)
+        v = _action_value(a, key).astype(np.float32)
+        if v.size != low.size:
+            raise ValueError(f"action/{key}: expected shape {low.shape}, got {v.shape}")
+        if not np.isfinite(v).all():
+            raise ValueError(f"action/{key}: NaN or Inf in {v}")
+        return np.clip(v.reshape(low.shape), low, high)
 
     def from_env(a) -> dict:
         return {key: np.asarray(a, np.float32).reshape(low.shape)}

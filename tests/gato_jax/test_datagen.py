@@ -152,6 +152,14 @@ def test_bad_inputs():
     task = tasks.get_task("cartpole")
     with pytest.raises(ValueError, match="outside \\[0, 2\\)"):
         task.to_env_action({"action": np.int32(2)})
+    with pytest.raises(ValueError, match="key 'action'"):
+        task.to_env_action({"move": 1})
+    pend = tasks.get_task("pendulum")
+    with pytest.raises(ValueError, match="NaN"):
+        pend.to_env_action({"torque": np.array([np.nan], np.float32)})
+    with pytest.raises(ValueError, match="expected shape"):
+        pend.to_env_action({"torque": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(pend.to_env_action({"torque": np.array([5.0])}), [2.0])
     with pytest.raises(ValueError, match="policy="):
         datagen.run_episode(task, 0, "greedy")
     with pytest.raises(ValueError, match="no environment"):
