@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_jax.nn import KVCache, sample
+from core_jax.nn import KVCache, restrict_logits, sample
 from gato_jax.configs.base import GatoConfig, GatoModelConfig
 from gato_jax.configs.tokenizer import TokenizerConfig
 from gato_jax.models import Gato
@@ -213,7 +213,8 @@ class GatoPolicy:
         or an :class:`~gato_jax.spec.EpisodeSpec`. Its ``cfg`` must be the tokenizer config the
         model was trained with (:meth:`from_checkpoint` takes care of that).
       batch_size: number of environments ``B``.
-      temperature: ``0`` greedy, else sampling temperature (scalar).
+      temperature: ``0`` greedy, else sampling temperature (scalar; fixed at construction:
+        the greedy path is compiled without random draws).
       top_k: optional static top-k filter.
       seed: PRNG seed; environment ``b`` gets ``fold_in(key(seed), b)``.
       keys: ``[B]`` typed PRNG keys overriding ``seed``.
@@ -479,9 +480,14 @@ class GatoPolicy:
         ps, c = cfg.patch_size, cfg.image_channels
         top_k = self.top_k
 
+        greedy = self.temperature == 0.0  # static: no random draws at all when greedy
+
         def draw(i, lg):
-            ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
             lo, hi = ranges[i, 0], ranges[i, 1]
+            if greedy:  # exactly sample(temperature=0): argmax over the legal ids
+                restricted = restrict_logits(lg, id_range=(lo, hi))
+                return jnp.argmax(restricted, axis=-1).astype(jnp.int32)
+            ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
             one = lambda k, row: sample(  # noqa: E731
                 k, row[None], temperature=temp, top_k=top_k, id_range=(lo, hi)
             )[0]

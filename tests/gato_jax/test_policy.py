@@ -319,7 +319,12 @@ def test_from_checkpoint_restores_params_and_config(params, tmp_path):
     assert policy.context_len == CFG.tokenizer.seq_len
     jax.tree.map(np.testing.assert_array_equal, policy.params, params)
     policy.reset()
-    assert policy.act({"s": np.zeros(2)}) in (0, 1, 2)
+    rng = np.random.default_rng(0)
+    lo, hi = action_id_ranges(policy.spec)[0]
+    for _ in range(4):  # greedy (temperature 0): the argmax over the legal ids of the logits
+        a = policy.act({"s": rng.normal(size=2)})
+        assert a in (0, 1, 2)
+        assert policy.last_action_ids()[0] == lo + np.argmax(policy.last_logits[0, 0, lo:hi])
     with pytest.raises(FileNotFoundError, match="checkpoints"):
         GatoPolicy.from_checkpoint(str(tmp_path / "nothing"), spec)
 
