@@ -78,6 +78,10 @@ LEVELS = {
     40: "BabyAI-BossLevelNoUnlock-v0",
 }
 
+# Default observation buffer in words. The longest recorded AgentGym observation has 309 words
+# (695 tokens); a view full of objects could in principle need ~2,700 words (48 objects, 200 actions
+# listed), so the size is an option (`BabyAI(max_words=...)`) and exceeding it sets
+# ``state.overflow`` on device and makes the host side (`BabyAI.render_text`) raise.
 MAX_WORDS = 1024
 
 
@@ -87,22 +91,26 @@ class BabyAIState:
     an: core.Analysis  # postprocess of `world` (upstream's action_space of the last observation)
     goal_words: jax.Array  # int32 [GOAL_WORDS]
     goal_len: jax.Array  # int32 []
-    obs_words: jax.Array  # int32 [MAX_WORDS] the last observation as word ids
+    obs_words: jax.Array  # int32 [max_words] the last observation as word ids
     obs_len: jax.Array  # int32 []
     env_reward: jax.Array  # float32 [] upstream's env.reward (stale between primitive steps)
     score: jax.Array  # float32 [] payload "score"
     done: jax.Array  # bool []
     truncated: jax.Array  # bool []
     round: jax.Array  # int32 []
-    overflow: jax.Array  # bool [] an observation did not fit MAX_WORDS / max_obs_len
+    overflow: jax.Array  # bool [] a buffer was too small: max_words, max_obs_len or bfs_queue
     invalid: jax.Array  # bool [] reset of a level with no generator and no bank (under jit)
 
 
-def _obs_tail(an, body, n):
-    """body + "\\nAvailable actions: [...]"."""
+def _obs_tail(an, body, n, width):
+    """body + "\\nAvailable actions: [...]" ([width], total words; > width: overflow)."""
     body = core.glue(body, n, bw.GLUE_AVAILABLE)
-    lst, ln = core.action_list(an, 0, MAX_WORDS)
-    return core._cat([(body, n), (jnp.asarray(bw.ids("actions:")), 1), (lst, ln)], MAX_WORDS)
+    lst, ln = core.action_list(an, 0, width)
+    return core._cat([(body, n), (jnp.asarray(bw.ids("actions:")), 1), (lst, ln)], width)
+
+
+class BufferOverflow(ValueError):
+    """A BabyAI observation or search did not fit its fixed-size buffer (see the message)."""
 
 
 class BabyAI(Env):
@@ -112,7 +120,12 @@ class BabyAI(Env):
       agentgym_compat: reproduce upstream's quirks (stale score, dict-printing message, ...).
       max_rounds: steps per episode before truncation (AgentGym's client uses 20); None = no limit.
       max_obs_len: token buffer length of an observation.
+      max_words: word buffer length of an observation (`MAX_WORDS`).
+      bfs_queue: ring-buffer length of the action search (`babyai_core.QUEUE`).
       codec: the environment tokenizer (default: the shipped model).
+
+    A state whose observation or search did not fit has ``state.overflow`` set (device); the host
+    methods (`render_text`, `available_actions`) then raise `BufferOverflow` naming the buffer.
     """
 
     def __init__(
@@ -120,8 +133,16 @@ class BabyAI(Env):
         agentgym_compat: bool = False,
         max_rounds: int | None = 20,
         max_obs_len: int = 2048,
+        max_words: int = MAX_WORDS,
+        bfs_queue: int = core.QUEUE,
         codec: TextCodec | None = None,
     ):
+        for opt, v, lo in (("max_obs_len", max_obs_len, 64), ("max_words", max_words, 64),
+                           ("bfs_queue", bfs_queue, 16)):  # fmt: skip
+            if int(v) < lo:
+                raise ValueError(f"babyai: {opt}={v} must be >= {lo}")
+        self.max_words = int(max_words)
+        self.bfs_queue = int(bfs_queue)
         self.name = "babyai"
         self.num_actions = core.NUM_ACTIONS
         self.max_obs_len = max_obs_len
@@ -146,30 +167,39 @@ class BabyAI(Env):
         )
         return s.replace(overflow=s.overflow | over), ts
 
-    def init_state(self, world: core.World, goal_words, goal_len):
-        """Reset observation of an imported or generated world (pure; jit/vmap)."""
-        an = core.analyse(world)
-        desc, dn = core.description(an, world, MAX_WORDS)
+    def init_state(self, world: core.World, goal_words, goal_len, image=None):
+        """Reset observation of an imported or generated world (pure; jit/vmap).
+
+        Args:
+          world: the instance after reset.
+          goal_words: int32 [<= GOAL_WORDS] goal word ids; goal_len: int32 [] their count.
+          image: optional int32 [7, 7, 3] observation image the reset text describes (see
+            `babyai_core.analyse`; `babyai_import.reset_image`), default the world's view.
+        """
+        W = self.max_words
+        an = core.analyse(world, image, self.bfs_queue)
+        desc, dn = core.description(an, world, W)
         goal = jnp.zeros((core.GOAL_WORDS,), jnp.int32).at[: goal_words.shape[0]].set(goal_words)
         goal = core.glue(goal, goal_len, jnp.where(an.any_obj, bw.GLUE_IN, bw.GLUE_YOU))
         body, n = core._cat(
             [(jnp.asarray(bw.ids("Your goal:")), 2), (goal, goal_len), (desc[1:], dn - 1)],
-            MAX_WORDS,
+            W,
         )
-        words, n = _obs_tail(an, body, n)
+        over = (dn > W) | (n > W)
+        words, n = _obs_tail(an, body, jnp.minimum(n, W), W)
         s = BabyAIState(
             world=world,
             an=an,
             goal_words=goal,
             goal_len=jnp.asarray(goal_len, jnp.int32),
             obs_words=words,
-            obs_len=n,
+            obs_len=jnp.minimum(n, W),
             env_reward=jnp.float32(0.0),
             score=jnp.float32(0.0),
             done=jnp.bool_(False),
             truncated=jnp.bool_(False),
             round=jnp.int32(0),
-            overflow=an.overflow,
+            overflow=an.overflow | over | (n > W),
             invalid=jnp.bool_(False),
         )
         return self._timestep(s, 0.0)
@@ -249,26 +279,28 @@ class BabyAI(Env):
             jnp.bool_(False),
         )
         _, _, w2, _, rew, term, _ = jax.lax.while_loop(cond, body, init)
-        an2 = core.analyse(w2)
+        W = self.max_words
+        an2 = core.analyse(w2, None, self.bfs_queue)
         # observation body
-        desc, dn = core.description(an2, w2, MAX_WORDS)
+        desc, dn = core.description(an2, w2, W)
         done_txt = jnp.asarray(bw.ids("The task is completed."), jnp.int32)
         desc_done = core.glue(desc, dn, bw.GLUE_NL)
-        body_exec, n_exec = core._cat([(desc_done, dn), (done_txt, 4)], MAX_WORDS)
+        body_exec, n_exec = core._cat([(desc_done, dn), (done_txt, 4)], W)
         body_exec = jnp.where(term, body_exec, desc)
         n_exec = jnp.where(term, n_exec, dn)
         err, en = core.error_words(an, w, action, compat)
         chk_head = jnp.asarray(bw.ids("You can take the following actions:"), jnp.int32)
-        lst, ln = core.action_list(an, 1, MAX_WORDS)
-        chk, cn = core._cat([(chk_head, 6), (lst, ln)], MAX_WORDS)
-        nochange, nn = core._pad(bw.ids("No change in state."), MAX_WORDS)
-        err = jnp.zeros((MAX_WORDS,), jnp.int32).at[: err.shape[0]].set(err)
+        lst, ln = core.action_list(an, 1, W)
+        chk, cn = core._cat([(chk_head, 6), (lst, ln)], W)
+        nochange, nn = core._pad(bw.ids("No change in state."), W)
+        err = jnp.zeros((W,), jnp.int32).at[: err.shape[0]].set(err)
         body = jnp.select(
             [execute, is_check, legal], [body_exec, chk, nochange], err
         )  # legal with an empty plan: "No change in state."
         bn = jnp.select([execute, is_check, legal], [n_exec, cn, nn], en)
         an_new = jax.tree.map(lambda a, b: jnp.where(execute, a, b), an2, an)
-        words, n = _obs_tail(an_new, body, bn)
+        over = bn > W
+        words, n = _obs_tail(an_new, body, jnp.minimum(bn, W), W)
         if compat:
             env_reward = jnp.where(execute, rew, state.env_reward)
             done = jnp.where(execute, term & (rew > 0.5), state.done)
@@ -285,13 +317,13 @@ class BabyAI(Env):
             world=jax.tree.map(lambda a, b: jnp.where(execute, a, b), w2, w),
             an=an_new,
             obs_words=words,
-            obs_len=n,
+            obs_len=jnp.minimum(n, W),
             env_reward=env_reward.astype(jnp.float32),
             score=(state.score + env_reward).astype(jnp.float32),
             done=done | truncated,
             truncated=truncated,
             round=rnd,
-            overflow=state.overflow | an2.overflow,
+            overflow=state.overflow | an2.overflow | over | (n > W),
         )
         # finished episodes do not move
         new = jax.tree.map(lambda a, b: jnp.where(state.done, b, a), new, state)
@@ -308,19 +340,25 @@ class BabyAI(Env):
             raise ValueError(f"babyai: goal {goal!r} longer than {core.GOAL_WORDS} words")
         return jnp.asarray(ids + [0] * (core.GOAL_WORDS - len(ids)), jnp.int32), len(ids)
 
-    def reset_from_world(self, world, goal: str):
+    def reset_from_world(self, world, goal: str, image=None):
+        """Reset state of a host-built ``world`` (jitted `init_state`, compiled once per env)."""
         g, n = self._goal_ids(goal)
-        return jax.jit(self.init_state)(world, g, jnp.int32(n))
+        if not hasattr(self, "_init_jit"):
+            self._init_jit = jax.jit(self.init_state)
+        return self._init_jit(world, g, jnp.int32(n), image)
 
     def reset_from_minigrid(self, env=None, *, level: int | None = None, seed: int | None = None):
         """Imports a live minigrid env, or makes ``level`` (1..40) with ``seed`` (AgentGym's
         instance ``(seed * 40 + level - 1)``)."""
-        from evol_jax.envs.babyai_import import world_from_minigrid
+        from evol_jax.envs.babyai_import import reset_image, world_from_minigrid
 
         if env is None:
             env = make_minigrid(level, seed)
         world, goal = world_from_minigrid(env)
-        return self.reset_from_world(world, goal)
+        # compat: upstream describes the image minigrid rendered at reset (stale for the levels
+        # that start carrying an object); corrected: the true view
+        image = reset_image(env) if self.agentgym_compat else None
+        return self.reset_from_world(world, goal, image)
 
     def reset_from_record(self, state: dict, box_contents: dict | None = None):
         """Imports a recorded transcript state dict (``babyai_transcripts.jsonl``)."""
@@ -349,13 +387,32 @@ class BabyAI(Env):
 
     # ------------------------------------------------------------------ host text
 
+    def check_overflow(self, state: BabyAIState) -> None:
+        """Raises `BufferOverflow` naming the buffer if ``state`` (one row) overflowed."""
+        if not bool(state.overflow):
+            return
+        if bool(state.an.overflow):
+            raise BufferOverflow(
+                f"babyai: the action search needed more than bfs_queue={self.bfs_queue} live "
+                "queue entries; build the env with a larger BabyAI(bfs_queue=...)"
+            )
+        raise BufferOverflow(
+            f"babyai: an observation (or an earlier action search, bfs_queue={self.bfs_queue}) "
+            f"of this episode did not fit max_words={self.max_words} "
+            f"words / max_obs_len={self.max_obs_len} tokens (its text would be cut); build the "
+            "env with larger BabyAI(max_words=..., max_obs_len=...)"
+        )
+
     def render_text(self, state: BabyAIState) -> str:
         s = jax.device_get(state)
+        self.check_overflow(s)
         return words_to_text(bw.WORDS, s.obs_words, s.obs_len)
 
     def available_actions(self, state: BabyAIState) -> dict[str, int]:
         """Upstream's action_space keys in order -> action id."""
-        an = jax.device_get(state.an)
+        state = jax.device_get(state)  # once: the texts below read the host copy
+        self.check_overflow(state)
+        an = state.an
         ids = [
             i
             for i in np.argsort(np.where(an.legal, an.order, 1 << 20), kind="stable")[
@@ -399,6 +456,8 @@ class BabyAI(Env):
         error and no matching action; raises `InvalidAction` only without a ``state``.
         """
         a = text.lower().strip()
+        if state is not None:
+            state = jax.device_get(state)  # once: the loops below read the host copy
         if "check" in a:
             return core.A_CHECK
         if a == "":

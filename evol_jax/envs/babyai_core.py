@@ -25,7 +25,12 @@ MAXS = 22  # largest BabyAI grid (BossLevel: 3x3 rooms of 8)
 VIEW = 7
 K = 48  # object slots: every cell of the view but the agent's
 MAX_OBJ = 64  # object ids (doors, keys, balls, boxes, box contents); 0 = none
-QUEUE = 1024  # BFS queue (exhaustive search on an empty window pushes 711)
+# BFS queue: a ring buffer of the *live* entries (popped ones are overwritten). Upstream's FIFO
+# keeps duplicate entries, so the total number of pushes reaches ~2,000 on cluttered windows
+# (random and adversarial search; the 1,024-entry linear buffer of earlier versions overflowed on
+# 12 recorded episodes); the live length stays far lower (see `BFS_LIVE_MAX`). Overflow is
+# detected, never silent (`Analysis.overflow`).
+QUEUE = 1024
 PMAX = 64  # longest primitive plan
 NS = 8 * 8 * 4  # BFS states: f in [-1, 6], r in [-3, 4], relative direction
 MAX_LEAVES = 4
@@ -149,7 +154,7 @@ class Analysis:
     num: jax.Array  # int32 [NUM_ACTIONS] the number in each action's text
     order: jax.Array  # int32 [NUM_ACTIONS] upstream's listing order key
     front_occupied: jax.Array  # bool []
-    overflow: jax.Array  # bool [] BFS queue overflow (never seen; checked in tests)
+    overflow: jax.Array  # bool [] more BFS queue entries live than the ring buffer holds
 
 
 # ----------------------------------------------------------------------------- view
@@ -400,8 +405,12 @@ def prim_step(w: World, action):
 # ----------------------------------------------------------------------------- analysis
 
 
-def _bfs(obst, in_range):
-    """Upstream's ``find_path`` search run to exhaustion (all targets at once)."""
+def _bfs(obst, in_range, queue_size: int = QUEUE):
+    """Upstream's ``find_path`` search run to exhaustion (all targets at once).
+
+    The FIFO queue is a ring buffer of ``queue_size`` entries; ``over`` is set when more than
+    ``queue_size`` entries are live at once (the result is then wrong and flagged).
+    """
     nb = jnp.asarray(NEIGHBOURS)
     acts = jnp.asarray(_BFS_ACTIONS)
     free = (in_range & ~obst).reshape(-1)  # [64] over (fi, ri)
@@ -412,7 +421,7 @@ def _bfs(obst, in_range):
 
     def body(c):
         queue, head, tail, popped, first, parent, pact, counter, over = c
-        s = queue[head]
+        s = queue[head % queue_size]
         head = head + 1
         new = ~popped[s]
         first = first.at[s].set(jnp.where(new, counter, first[s]))
@@ -422,16 +431,17 @@ def _bfs(obst, in_range):
             ns = nb[s, a]
             ok = (ns >= 0) & free[jnp.maximum(ns, 0) // 4] & ~popped[jnp.maximum(ns, 0)]
             nsc = jnp.maximum(ns, 0)
-            slot = jnp.where(ok & (tail < QUEUE), tail, QUEUE)
+            full = tail - head >= queue_size
+            slot = jnp.where(ok & ~full, tail % queue_size, queue_size)
             queue = queue.at[slot].set(nsc, mode="drop")
             parent = parent.at[nsc].set(jnp.where(ok, s, parent[nsc]))
             pact = pact.at[nsc].set(jnp.where(ok, acts[a], pact[nsc]))
-            over = over | (ok & (tail >= QUEUE))
-            tail = jnp.minimum(tail + ok.astype(jnp.int32), QUEUE)
+            over = over | (ok & full)
+            tail = tail + (ok & ~full).astype(jnp.int32)
         return queue, head, tail, popped, first, parent, pact, counter, over
 
     init = (
-        jnp.zeros((QUEUE,), jnp.int32).at[0].set(_INIT),
+        jnp.zeros((queue_size,), jnp.int32).at[0].set(_INIT),
         jnp.int32(0),
         jnp.int32(1),
         jnp.zeros((NS,), bool),
@@ -459,9 +469,18 @@ def _goal_state(first, fr, arrive):
     return jnp.where(order[best] < (1 << 20), s[best], -1)
 
 
-def analyse(w: World) -> Analysis:
-    """AgentGym's ``postprocess_obs`` on device."""
-    img = view_image(w)
+def analyse(w: World, image: jax.Array | None = None, queue_size: int = QUEUE) -> Analysis:
+    """AgentGym's ``postprocess_obs`` on device.
+
+    Args:
+      w: the world (agent, carried object, grid for the search window).
+      image: [7, 7, 3] the observation image upstream post-processes; default
+        ``view_image(w)``. Upstream's reset of the ``start_carrying`` levels (PutNext...Carrying)
+        post-processes the image minigrid rendered *before* the carried object was lifted from
+        the grid, while the carried object (``You are carrying ...``, ``drop``) is the current one.
+      queue_size: BFS ring-buffer length (static; `QUEUE`).
+    """
+    img = view_image(w) if image is None else jnp.asarray(image, jnp.int32)
     xy = view_coords(w.agent_pos, w.agent_dir)
     vi = jnp.arange(VIEW)[:, None] * jnp.ones((1, VIEW), jnp.int32)
     vj = jnp.ones((VIEW, 1), jnp.int32) * jnp.arange(VIEW)[None, :]
@@ -507,7 +526,7 @@ def analyse(w: World) -> Analysis:
     obst = jnp.zeros((8, 8), bool).at[1:8, 0:7].set(obst_v[:, ::-1].T)
     # obst_v is [vis_i, vis_j]; frame [fi, ri]: fi = 7 - vis_j, ri = vis_i
     in_range = jnp.asarray(IN_RANGE)[w.agent_dir]
-    parent, pact, first, overflow = _bfs(obst, in_range)
+    parent, pact, first, overflow = _bfs(obst, in_range, queue_size)
     goal_front = jax.vmap(lambda fr: _goal_state(first, fr, False))(slot_fr)
     goal_arrive = jax.vmap(lambda fr: _goal_state(first, fr, True))(slot_fr)
     goal_front = jnp.where(slot_ok, goal_front, -1)
@@ -880,15 +899,28 @@ def error_words(an: Analysis, w: World, action, compat: bool, max_words: int = 4
     conds.append(action == A_EMPTY)
     msgs.append((_w("No change in state."), 4))
     conds.append(in_slot & (verb == V_PICKUP) & ~carrying & pickable)
-    msgs.append(_cat([(_w("You cannot pickup"), 3), (name, nn), (num, 1), (no_path, 7)], max_words))
+    msgs.append(
+        _cat(
+            [(_w("You cannot pickup"), 3), (name, nn), (num, 1), (no_path, no_path.shape[0])],
+            max_words,
+        )
+    )
     conds.append(in_slot & (verb == V_GOTO) & gotoable)
-    msgs.append(_cat([(_w("You cannot go to"), 4), (name, nn), (num, 1), (no_path, 7)], max_words))
+    msgs.append(
+        _cat(
+            [(_w("You cannot go to"), 4), (name, nn), (num, 1), (no_path, no_path.shape[0])],
+            max_words,
+        )
+    )
     door_open = enc[2] == OPEN
     door_closed = enc[2] == CLOSED
     door_locked = enc[2] == LOCKED
     conds.append(in_slot & (verb == V_THROUGH) & (st == DOOR) & door_open)
     msgs.append(
-        _cat([(_w("You cannot go through"), 4), (name, nn), (num, 1), (no_path, 7)], max_words)
+        _cat(
+            [(_w("You cannot go through"), 4), (name, nn), (num, 1), (no_path, no_path.shape[0])],
+            max_words,
+        )
     )
     conds.append(in_slot & (verb == V_THROUGH) & (st == DOOR) & door_closed)
     closed = _w("as it is closed. You should toggle it first.")
@@ -917,9 +949,9 @@ def error_words(an: Analysis, w: World, action, compat: bool, max_words: int = 4
     )
     if compat:
         dct, dn = _door_dict(an, k)
-        msgs.append(_cat([(tg, 6), (name, nn), (dct, dn), (no_path, 7)], max_words))
+        msgs.append(_cat([(tg, 6), (name, nn), (dct, dn), (no_path, no_path.shape[0])], max_words))
     else:
-        msgs.append(_cat([(tg, 6), (name, nn), (num, 1), (no_path, 7)], max_words))
+        msgs.append(_cat([(tg, 6), (name, nn), (num, 1), (no_path, no_path.shape[0])], max_words))
     out = _pad(unknown, max_words)
     for c, (ws, n) in reversed(list(zip(conds, msgs, strict=True))):
         if ws.shape[0] != max_words:

@@ -55,7 +55,10 @@ def _padded_grid(enc: np.ndarray) -> np.ndarray:
 def _world(grid, oid, contents, pos, d, carrying, carrying_id, step_count, max_steps, mission):
     import jax.numpy as jnp
 
-    m = core.Mission(**{k: jnp.asarray(v) for k, v in mission.items()})
+    # fixed dtypes (a Python int assigned into the dict would become a weak-typed array and make
+    # every jitted function retrace for instances whose mission sets it)
+    dtypes = {k: v.dtype for k, v in _empty_mission().items()}
+    m = core.Mission(**{k: jnp.asarray(np.asarray(v, dtypes[k])) for k, v in mission.items()})
     return core.World(
         grid=jnp.asarray(grid, jnp.int32),
         oid=jnp.asarray(oid, jnp.int32),
@@ -205,6 +208,39 @@ def world_from_minigrid(env):
         mission,
     )
     return world, goal_text(u.mission)
+
+
+def reset_image(env):
+    """The observation image AgentGym's reset text was built from ([7, 7, 3] int32).
+
+    For most levels this is the current view (minigrid's ``gen_obs``).
+
+    minigrid's ``PutNext`` levels with ``start_carrying`` (level 23, PutNextS7N4Carrying) render
+    the reset observation first and only then lift the object into the agent's hands: upstream's
+    reset text lists the carried object on the floor (and a "go to" for it) while also saying
+    "You are carrying" it. This returns that stale [7, 7, 3] image for a freshly reset ``env``.
+    """
+    u = env.unwrapped
+    obj = getattr(u, "obj_a", None)
+    stale = (
+        getattr(u, "start_carrying", False)
+        and u.carrying is not None
+        and obj is u.carrying
+        and obj.init_pos is not None
+        and u.step_count == 0
+        and u.grid.get(*obj.init_pos) is None
+    )
+    if not stale:
+        return np.asarray(u.gen_obs()["image"], np.int32)
+    pos = tuple(int(v) for v in obj.init_pos)
+    u.grid.set(*pos, obj)
+    u.carrying = None
+    try:
+        image = np.asarray(u.gen_obs()["image"], np.int32)
+    finally:
+        u.grid.set(*pos, None)
+        u.carrying = obj
+    return image
 
 
 # ----------------------------------------------------------------------------- from a record
