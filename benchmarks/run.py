@@ -24,6 +24,7 @@ BENCHMARKS = {
     "gato_tokenize": "benchmarks.gato_tokenize",
     "gato_step": "benchmarks.gato_step",
     "gato_control": "benchmarks.gato_control",
+    "env_steps": "benchmarks.env_steps",
 }
 
 
