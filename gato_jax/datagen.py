@@ -3,11 +3,11 @@
     python -m gato_jax.datagen --tasks cartpole,pendulum,babyai_goto_redball,vl_shapes \
         --episodes 20 --out /tmp/gato_data [--seed 0] [--max_steps 100]
     python -m gato_jax.main --config gato_tiny --workdir /tmp/run \
-        --data "$(cat /tmp/gato_data/data_spec.txt)" --set expert_fraction=0
+        --data "$(cat /tmp/gato_data/data_spec.txt)" [--set expert_fraction=0]
 
-(``expert_fraction=0``: the pipeline's expert filter keeps returns >= 0.8 x the best episode's,
-which drops every episode of a task whose returns are negative, e.g. pendulum.) From Python, with
-the tasks' own specs (text fields included)::
+(The pipeline's expert filter keeps, per task, episodes within 20% of the best windowed return,
+``E - 0.2|E|``; ``expert_fraction=0`` keeps every episode.) From Python, with the tasks' own
+specs (text fields included)::
 
     >>> srcs = datagen.sources("/tmp/gato_data", cfg=tok_cfg)
     >>> data = GatoDataPipeline(srcs, tok_cfg, batch_size=8,
@@ -560,19 +560,8 @@ def _print_report(report: Mapping[str, Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(f"generated in {report['seconds']:.1f} s")
     text_tasks = [n for n in report["tasks"] if has_text_steps(get_task(n))]
-    negative = [
-        n
-        for n, t in report["tasks"].items()
-        if t["generated_returns"] is not None and min(t["generated_returns"]) <= 0
-    ]
     print("\n--data for python -m gato_jax.main:")
     print(report["data"])
-    if negative:
-        print(
-            f"(returns <= 0 in {', '.join(negative)}: the training pipeline's expert filter "
-            "keeps episodes with return >= 0.8 x the best, which drops such episodes; train with "
-            "--set expert_fraction=0 to keep them.)"
-        )
     if text_tasks:
         print(
             f"(left out: {', '.join(text_tasks)}, whose steps hold text: read them with explicit "

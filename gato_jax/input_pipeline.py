@@ -107,11 +107,15 @@ def expert_filter(
 ) -> np.ndarray:
     """Keeps episodes with return ``>= fraction *`` their task's :func:`expert_return`.
 
+    **[decision]** The threshold is ``E - (1 - fraction) |E|`` for expert return ``E``: exactly
+    ``fraction * E`` when ``E >= 0`` (the spec's rule), and for tasks whose returns are all
+    negative (Pendulum, Acrobot, Pong) the same relative margin below ``E``. The literal rule
+    would put the threshold above the best episode there and drop the whole task.
+
     Args:
       returns: float ``[N]`` episode returns in collection order.
       tasks: ``[N]`` task name of each episode (default: one task).
-      fraction: spec section 7: 0.8. (The rule is applied literally: with a negative expert
-        return the threshold lies above it.)
+      fraction: spec section 7: 0.8.
 
     Returns:
       bool ``[N]`` mask of kept episodes.
@@ -123,7 +127,8 @@ def expert_filter(
     keep = np.zeros(r.shape, bool)
     for t in np.unique(tasks):
         idx = np.nonzero(tasks == t)[0]
-        keep[idx] = r[idx] >= fraction * expert_return(r[idx])
+        e = expert_return(r[idx])
+        keep[idx] = r[idx] >= e - (1.0 - fraction) * abs(e)
     return keep
 
 

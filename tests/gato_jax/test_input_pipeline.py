@@ -99,6 +99,9 @@ def test_expert_filter_is_per_task():
     r = np.array([10.0, 1.0, 7.0, 0.9, 9.0, 0.5])
     tasks = ["a", "b"] * 3  # a: 10, 7, 9 (expert 10); b: 1, 0.9, 0.5 (expert 1)
     assert ip.expert_filter(r, tasks).tolist() == [True, True, False, True, True, False]
+    # All-negative returns (e.g. Pendulum): expert -100, threshold -100 - 0.2 * 100 = -120.
+    neg = np.array([-100.0, -119.0, -121.0, -300.0])
+    assert ip.expert_filter(neg, fraction=0.8).tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="NaN"):
         ip.expert_return([1.0, np.nan])
 
