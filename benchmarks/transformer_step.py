@@ -45,6 +45,12 @@ QUICK_CONFIG = CONFIG.replace(
 )
 QUICK_BATCH, QUICK_SEQ_LEN = 2, 64
 
+IMPL_NAMES = {
+    "jax": "JAX (one jit, donated)",
+    "jax_split": "JAX (grad jit + update jit without YNN eltwise)",
+    "torch": "PyTorch eager",
+}
+
 # AdamW hyper-parameters shared by both frameworks.
 ADAMW = dict(learning_rate=3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
 
@@ -103,6 +109,34 @@ def make_jax_step(cfg: TransformerConfig):
     return init, jax.jit(step, donate_argnums=(0, 1))
 
 
+def make_jax_split_step(cfg: TransformerConfig, params, opt_state, tokens):
+    """The same step as two compiled programs: forward+backward, then the AdamW update.
+
+    The update is compiled with :func:`core_jax.cpu_flags.optimizer_compiler_options` (no
+    YNNPACK elementwise fusion), the gradient program with the process defaults; see
+    ``benchmarks/NOTES.md``. Returns ``(step, compile_s)`` where ``step(params, opt_state,
+    tokens) -> (params, opt_state, loss)``.
+    """
+    from core_jax.optim import split_update_step
+
+    model = Transformer(cfg)
+    tx = optax.adamw(
+        ADAMW["learning_rate"],
+        b1=ADAMW["b1"],
+        b2=ADAMW["b2"],
+        eps=ADAMW["eps"],
+        weight_decay=ADAMW["weight_decay"],
+    )
+
+    def loss_fn(params, tokens):
+        logits = model.apply({"params": params}, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    t0 = time.perf_counter()
+    step = split_update_step(jax.value_and_grad(loss_fn), tx, params, opt_state, tokens)
+    return step, time.perf_counter() - t0
+
+
 def make_torch_step(cfg: TransformerConfig, tokens_np: np.ndarray):
     import torch
 
@@ -159,7 +193,9 @@ def matmul_gflops(n: int, repeats: int) -> dict[str, float]:
     return out
 
 
-def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, warmup: int = 1, repeats: int | None = None, split: bool = True
+) -> dict[str, Any]:
     cfg, batch, seq_len = (
         (QUICK_CONFIG, QUICK_BATCH, QUICK_SEQ_LEN) if quick else (CONFIG, BATCH, SEQ_LEN)
     )
@@ -176,6 +212,17 @@ def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dic
         return loss
 
     fns = {"jax": jax_step}
+    if split:
+        split_state = list(init(jax.random.key(1), tokens))
+        split_step, split_compile_s = make_jax_split_step(cfg, *split_state, tokens)
+
+        def jax_split_step():
+            split_state[0], split_state[1], loss = split_step(
+                split_state[0], split_state[1], tokens
+            )
+            return loss
+
+        fns["jax_split"] = jax_split_step
     torch_compile_s = None
     try:
         import torch  # noqa: F401
@@ -188,6 +235,8 @@ def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dic
 
     timings = time_interleaved(fns, warmup=warmup, repeats=repeats)
     timings["jax"].compile_s = compile_s
+    if split:
+        timings["jax_split"].compile_s = split_compile_s
     if "torch" in timings:
         timings["torch"].compile_s = torch_compile_s
 
@@ -208,12 +257,12 @@ def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dic
         tps = tokens_per_step / t.median
         gflops = tps * flops_per_token / 1e9
         row = {
-            "impl": "JAX (jit, donated)" if name == "jax" else "PyTorch eager",
+            "impl": IMPL_NAMES[name],
             "tokens/s": tps,
             "step ms (median)": t.median * 1e3,
             "min ms": t.min * 1e3,
             "max ms": t.max * 1e3,
-            "compile s": t.compile_s if name == "jax" else "-",
+            "compile s": t.compile_s if name != "torch" else "-",
             "model GFLOP/s": gflops,
         }
         if peak_gflops:
@@ -221,10 +270,13 @@ def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dic
         if platform == "cpu":
             row["MFU vs measured matmul"] = gflops / max(mm.values())
         rows.append(row)
-    ratio = ratio_best = None
+    ratio = ratio_best = ratio_split = ratio_split_best = None
     if "torch" in timings:
         ratio = timings["torch"].median / timings["jax"].median
         ratio_best = timings["torch"].min / timings["jax"].min
+        if "jax_split" in timings:
+            ratio_split = timings["torch"].median / timings["jax_split"].median
+            ratio_split_best = timings["torch"].min / timings["jax_split"].min
 
     result = {
         "name": NAME,
@@ -240,6 +292,8 @@ def run(quick: bool = False, warmup: int = 1, repeats: int | None = None) -> dic
         "timings": {k: v.to_dict() for k, v in timings.items()},
         "ratio_jax_over_torch_tokens_per_s": ratio,
         "ratio_jax_over_torch_best_step": ratio_best,
+        "ratio_jax_split_over_torch_tokens_per_s": ratio_split,
+        "ratio_jax_split_over_torch_best_step": ratio_split_best,
         "matmul_n": mm_n,
         "matmul_gflops": mm,
         "peak_gflops": peak_gflops,
@@ -261,6 +315,12 @@ def summary(result: dict[str, Any]) -> str:
             f"JAX / PyTorch tokens/s (median): "
             f"**{result['ratio_jax_over_torch_tokens_per_s']:.2f}x** "
             f"(best-step ratio {result['ratio_jax_over_torch_best_step']:.2f}x)."
+        )
+    if result.get("ratio_jax_split_over_torch_tokens_per_s") is not None:
+        lines.append(
+            f"JAX split update / PyTorch: "
+            f"**{result['ratio_jax_split_over_torch_tokens_per_s']:.2f}x** "
+            f"(best-step {result['ratio_jax_split_over_torch_best_step']:.2f}x)."
         )
     mm = ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_gflops"].items())
     lines.append(

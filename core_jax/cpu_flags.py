@@ -101,3 +101,30 @@ def apply_default_cpu_flags(environ: dict[str, str] | None = None) -> list[str]:
 def compiler_options() -> dict[str, str]:
     """The defaults as ``jax.stages.Lowered.compile(compiler_options=...)`` (CPU only)."""
     return dict(_COMPILER_OPTIONS) if supported() else {}
+
+
+# XLA's own default list, without ``eltwise``.
+_NO_ELTWISE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+_NO_ELTWISE += "LIBRARY_FUSION_TYPE_REDUCE"
+
+
+def optimizer_compiler_options(backend: str | None = None) -> dict[str, str]:
+    """Per-compilation options for optimizer updates on CPU: YNNPACK ``eltwise`` fusion off.
+
+    YNNPACK elementwise fusions cannot take broadcast scalars, so in an optimizer update (all
+    elementwise, full of scalar hyper-parameters) XLA materialises every broadcast constant as a
+    parameter-sized tensor: with the ``eltwise`` default the AdamW update of a 29M-parameter
+    model is ~4x slower than without it (``benchmarks/NOTES.md``). These options override the
+    process-wide ``XLA_FLAGS`` value for one compilation, whatever it is. Empty (no change) on
+    other backends or untested jaxlib versions.
+
+    Args:
+      backend: ``"cpu"``, ``"gpu"``, ... (default ``jax.default_backend()``).
+    """
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    if backend != "cpu" or not supported():
+        return {}
+    return {"xla_cpu_experimental_ynn_fusion_type": _NO_ELTWISE}

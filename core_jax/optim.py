@@ -4,9 +4,13 @@ weight-decay masks and gradient accumulation."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
+
+from core_jax import cpu_flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,3 +102,46 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     if cfg.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
     return tx
+
+
+def split_update_step(
+    value_and_grad_fn: Callable, tx: optax.GradientTransformation, params, opt_state, *batch: Any
+) -> Callable:
+    """A training step compiled as two programs: gradients, then the optimizer update.
+
+    On CPU the update program is compiled with :func:`core_jax.cpu_flags.
+    optimizer_compiler_options` (YNNPACK elementwise fusion off) while the gradient program
+    keeps the process defaults, which are best for the model but ~4x slower for an optimizer
+    update. Results are identical to one fused ``jax.jit`` of the whole step up to float
+    reassociation (~1e-8, tested). Elsewhere the split costs one extra dispatch; prefer the
+    single program on GPU/TPU.
+
+    Args:
+      value_and_grad_fn: ``(params, *batch) -> (loss, grads)`` (e.g. ``jax.value_and_grad``).
+      tx: the optax transformation.
+      params, opt_state, batch: example arguments (shapes and dtypes) to compile for.
+
+    Returns:
+      ``step(params, opt_state, *batch) -> (params, opt_state, loss)``; ``params`` and
+      ``opt_state`` are donated. ``step.compiled`` holds the two compiled programs.
+    """
+
+    def update(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    grad_c = jax.jit(value_and_grad_fn).lower(params, *batch).compile()
+    grads_shape = jax.eval_shape(value_and_grad_fn, params, *batch)[1]
+    update_c = (
+        jax.jit(update, donate_argnums=(0, 1))
+        .lower(params, opt_state, grads_shape)
+        .compile(compiler_options=cpu_flags.optimizer_compiler_options() or None)
+    )
+
+    def step(params, opt_state, *batch):
+        loss, grads = grad_c(params, *batch)
+        params, opt_state = update_c(params, opt_state, grads)
+        return params, opt_state, loss
+
+    step.compiled = (grad_c, update_c)
+    return step

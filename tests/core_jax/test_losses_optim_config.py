@@ -121,3 +121,44 @@ def test_optax_state_is_plain_pytree():
     state = tx.init({"w": jnp.ones((2, 2))})
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_split_update_step_equals_one_program():
+    """Gradient and update compiled apart (update without YNN eltwise) == one jitted step."""
+    from core_jax import cpu_flags
+    from core_jax.optim import split_update_step
+
+    rng = np.random.default_rng(7)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32),
+    }
+    x = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    tx = make_optimizer(OptimizerConfig(peak_lr=1e-2, warmup_steps=2, decay_steps=10))
+
+    def loss_fn(p, x, y):
+        return jnp.mean((jnp.tanh(x @ p["w"] + p["b"]) - y) ** 2)
+
+    vg = jax.value_and_grad(loss_fn)
+
+    @jax.jit
+    def fused(p, s, x, y):
+        loss, g = vg(p, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    step = split_update_step(vg, tx, params, tx.init(params), x, y)
+    assert len(step.compiled) == 2
+    p1, s1 = params, tx.init(params)
+    p2, s2 = jax.tree.map(jnp.copy, params), tx.init(params)
+    for _ in range(4):
+        p1, s1, l1 = fused(p1, s1, x, y)
+        p2, s2, l2 = step(p2, s2, x, y)
+        np.testing.assert_allclose(l2, l1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2)), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    # On CPU the options name a fusion list without eltwise; elsewhere they are empty.
+    opts = cpu_flags.optimizer_compiler_options("cpu")
+    assert not opts or "ELTWISE" not in opts["xla_cpu_experimental_ynn_fusion_type"]
+    assert cpu_flags.optimizer_compiler_options("gpu") == {}
