@@ -23,6 +23,7 @@ BENCHMARKS = {
     "transformer_step": "benchmarks.transformer_step",
     "gato_tokenize": "benchmarks.gato_tokenize",
     "gato_step": "benchmarks.gato_step",
+    "cosa_epoch": "benchmarks.cosa_epoch",
     "gato_control": "benchmarks.gato_control",
     "env_steps": "benchmarks.env_steps",
 }
