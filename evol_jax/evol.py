@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -135,6 +136,9 @@ class Evolver:
       bc_base: trainer settings of iteration 0 (BC_base) when they differ from ``bc`` (e.g. more
         epochs for a policy trained from scratch).
       max_cache_len: KV-cache cap of the samplers (see `DeviceSampler`).
+      prompt: prompt style of the samplers (``"agentgym"`` or ``"compact"``, see
+        `evol_jax.sampler.conversation_start`); ``expert_records`` must be in the same style
+        (`evol_jax.sampler.restyle_item`).
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Evolver:
         log=print,
         bc_base: BCConfig | None = None,
         max_cache_len: int | None = None,
+        prompt: str = "agentgym",
     ):
         self.workdir, self.model, self.tokenizer = workdir, model, tokenizer
         self.envs, self.expert_records = dict(envs), list(expert_records)
@@ -159,7 +164,7 @@ class Evolver:
         self.bc, self.cfg, self.base_params, self.log = bc, cfg, base_params, log
         self.bc_base = bc_base or bc
         self.samplers = {
-            n: DeviceSampler(e, model, tokenizer, max_cache_len=max_cache_len)
+            n: DeviceSampler(e, model, tokenizer, max_cache_len=max_cache_len, prompt=prompt)
             for n, e in self.envs.items()
         }
         os.makedirs(workdir, exist_ok=True)
@@ -208,6 +213,7 @@ class Evolver:
             return read_jsonl(path)
         records = []
         for name, sampler in self.samplers.items():
+            t0 = time.perf_counter()
             out = sampler.run(
                 params, self.explore[name], seed=self.cfg.seed, iteration=m,
                 num_samples=self.cfg.num_samples, temperature=self.cfg.temperature,
@@ -217,9 +223,12 @@ class Evolver:
             for r, ov in zip(recs, out.overflow, strict=True):
                 r["iteration"], r["cache_overflow"] = m, bool(ov)
             records += recs
+            solved = len({int(i) for i, s in zip(out.indices, out.success, strict=True) if s})
             self.log(
                 f"[iter {m}] explore {name}: {len(recs)} episodes, "
-                f"success {out.success.mean():.3f}, score {100 * out.last_reward.mean():.1f}"
+                f"success {out.success.mean():.3f}, score {100 * out.last_reward.mean():.1f}, "
+                f"{solved}/{len(set(out.indices.tolist()))} instructions solved at least once "
+                f"({time.perf_counter() - t0:.0f}s)"
             )
         _write_jsonl(path, records)
         self._mark(f"explore_{m}")
@@ -244,10 +253,15 @@ class Evolver:
         init = self.base_params
         if m > 0 and self.cfg.init_from == "previous":
             init = self.load_params(m - 1)
-        params, _ = train_bc(
+        t0 = time.perf_counter()
+        params, lines = train_bc(
             self.model, examples, self.bc_base if m == 0 else self.bc, init_params=init,
             workdir=os.path.join(self._dir(m), "bc"),
         )  # fmt: skip
+        self.log(
+            f"[iter {m}] trained {lines[-1]['update']} updates, last loss "
+            f"{lines[-1]['loss']:.3f} ({time.perf_counter() - t0:.0f}s)"
+        )
         self._save_params(m, params)
         self._mark(f"learn_{m}")
         return params
@@ -257,6 +271,7 @@ class Evolver:
         if self._done(f"eval_{m}"):
             return json.load(open(path))
         res = {}
+        t0 = time.perf_counter()
         for name, sampler in self.samplers.items():
             out = sampler.run(params, self.evaluate[name], seed=self.cfg.seed, temperature=0.0)
             res[name] = {
@@ -269,7 +284,7 @@ class Evolver:
         res["mean_success"] = float(np.mean([res[n]["success"] for n in self.samplers]))
         _write_json(path, res)
         self._mark(f"eval_{m}")
-        self.log(f"[iter {m}] eval " + json.dumps(res))
+        self.log(f"[iter {m}] eval " + json.dumps(res) + f" ({time.perf_counter() - t0:.0f}s)")
         return res
 
     def run(self) -> dict:
@@ -286,18 +301,41 @@ class Evolver:
         return results
 
     # --------------------------------------------------------------------------------- summary
+    def data_summary(self, m: int) -> tuple[str, str]:
+        """Table cells of iteration ``m``: explored instructions with a kept episode / pool size,
+        and the episodes learned on (expert + kept explored)."""
+        n_expert = len(self.expert_records)
+        if m == 0:
+            return "-", f"{n_expert} expert"
+        kept_total = 0
+        iters = [m] if self.cfg.merge == "paper" else list(range(1, m + 1))
+        for i in iters:
+            path = os.path.join(self.workdir, f"iter_{i}", "explored.jsonl")
+            if not os.path.exists(path):
+                return "?", "?"
+            kept = select_explored(read_jsonl(path), self.cfg)
+            kept_total += len(kept)
+            if i == m:
+                solved = len({r["item_id"] for r, _ in kept})
+                pool = sum(len(v) for v in self.explore.values())
+        return f"{solved} / {pool}", f"{n_expert} expert + {kept_total} explored"
+
     def write_summary(self, results: Mapping[int, dict]) -> str:
         names = list(self.samplers)
         lines = [
             "| iteration | "
             + " | ".join(f"{n} success / score" for n in names)
-            + " | mean score |",
-            "|---" * (len(names) + 2) + "|",
+            + " | mean score | explored: instructions solved / pool | learned on |",
+            "|---" * (len(names) + 4) + "|",
         ]
         for m, r in sorted(results.items()):
             label = "BC_base" if m == 0 else f"AgentEvol M={m}"
             cells = [f"{r[n]['success']:.1f} / {r[n]['score']:.1f}" for n in names]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['mean_score']:.1f} |")
+            explored, learned = self.data_summary(m)
+            lines.append(
+                f"| {label} | " + " | ".join(cells) + f" | {r['mean_score']:.1f} | {explored} | "
+                f"{learned} |"
+            )
         table = "\n".join(lines) + "\n"
         with open(os.path.join(self.workdir, "results.md"), "w") as fh:
             fh.write(table)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from evol_jax.configs import get_config
-from evol_jax.demo import run
+from evol_jax.demo import enable_compile_cache, run
 
 
 def main(argv=None) -> dict:
@@ -17,6 +17,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--config", default="demo", help="config name in evol_jax/configs")
     ap.add_argument("--workdir", required=True)
     args = ap.parse_args(argv)
+    enable_compile_cache(args.workdir)
     return run(get_config(args.config), args.workdir)
 
 

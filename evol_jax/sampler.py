@@ -53,6 +53,12 @@ from evol_jax.policy_data import tokenize_conversation
 from evol_jax.text import TextCodec, WordTable
 
 OPENER = " Thought:\n\n\nAction:\n"  # assistant turn up to the action (empty thought)
+PROMPTS = ("agentgym", "compact")
+# A one-line instruction for small policies trained from scratch: AgentGym's instructions (and the
+# maze's first-observation preamble) are constant text, ~1,600 of the ~2,200 tokens of a maze
+# episode; a policy trained from scratch learns nothing from them, but pays for them in every
+# attention row of training and sampling.
+COMPACT_INSTRUCTION = "Play {env}. Answer with one action."
 
 
 class PolicyCodec:
@@ -100,16 +106,58 @@ def strip_thoughts(item: dict) -> dict:
     return {**item, "conversations": conv}
 
 
-def first_observation(env: Env, state) -> str:
-    """Host: the client's first observation for a (single, unbatched) reset state."""
+def conversation_start(env_name: str, prompt: str = "agentgym") -> list[dict]:
+    """The first two turns (instruction, canned reply) in prompt style ``prompt``.
+
+    ``"agentgym"`` is the client's instruction (`evol_jax.prompts.conversation_start`);
+    ``"compact"`` is a one-line instruction (`COMPACT_INSTRUCTION`) with the same canned reply.
+    """
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt={prompt!r}; choose one of {PROMPTS}")
+    conv = prompts.conversation_start(env_name)
+    if prompt == "compact":
+        conv[0]["value"] = COMPACT_INSTRUCTION.format(env=env_name.lower())
+    return conv
+
+
+def first_observation(env: Env, state, prompt: str = "agentgym") -> str:
+    """Host: the client's first observation for a (single, unbatched) reset state.
+
+    With ``prompt="compact"`` the maze's fully-observed preamble (instructions and a worked
+    example, ~1,000 tokens) is left out: the first observation is the reset text itself. Wordle
+    keeps its filtered-vocabulary observation in both styles (it is information, not prose).
+    """
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt={prompt!r}; choose one of {PROMPTS}")
     text = env.render_text(state)
     vocab = env.filtered_words(state) if hasattr(env, "filtered_words") else None
+    if prompt == "compact" and env.name != "wordle":
+        return text
     return agenttraj.client_first_observation(env.name, text, vocab=vocab)
 
 
-def prefix_tokens(env_name: str, first_obs: str, tokenizer) -> np.ndarray:
+def restyle_item(item: dict, prompt: str) -> dict:
+    """An AgentTraj item (in the client's form) rewritten to prompt style ``prompt``.
+
+    Replaces the instruction turn and, for ``"compact"``, drops the maze preamble of the first
+    observation, so that expert data matches what a `DeviceSampler` with that ``prompt`` feeds the
+    policy.
+    """
+    env = item["item_id"].rsplit("_", 1)[0]
+    conv = [dict(t) for t in item["conversations"]]
+    if len(conv) < 3:
+        raise ValueError(f"{item['item_id']}: needs instruction, reply and first observation")
+    conv[:2] = conversation_start(env, prompt)
+    if prompt == "compact" and env == "maze":
+        conv[2]["value"] = conv[2]["value"].removeprefix(
+            prompts.MAZE_FULLY_FIRST_OBSERVATION + "\n"
+        )
+    return {**item, "conversations": conv}
+
+
+def prefix_tokens(env_name: str, first_obs: str, tokenizer, prompt: str = "agentgym") -> np.ndarray:
     """Tokens of instruction, "Ok.", first observation and the assistant opener (int32 [P])."""
-    conv = prompts.conversation_start(env_name)
+    conv = conversation_start(env_name, prompt)
     conv.append({"from": "human", "loss": None, "value": first_obs})
     toks, _ = tokenize_conversation(conv, tokenizer, LLAMA2)
     return np.concatenate([toks, np.asarray(tokenizer.encode(OPENER), np.int32)])
@@ -203,6 +251,10 @@ class DeviceSampler:
       max_cache_len: cap on the KV-cache capacity (default: the worst case, prefix plus every
         round's longest action and longest observation chunk). Rows that outgrow a smaller cap
         are flagged in `SampleOutput.overflow` (their later actions are unreliable).
+      prompt: ``"agentgym"`` (the client's instruction and first observation) or ``"compact"``
+        (see `conversation_start`, `first_observation`); records and token streams use it too.
+      prefix_bucket: the padded prefix width is rounded up to a multiple of this, so that runs
+        whose first observations differ slightly in length reuse one compiled rollout.
     """
 
     def __init__(
@@ -212,7 +264,15 @@ class DeviceSampler:
         tokenizer,
         rounds: int | None = None,
         max_cache_len: int | None = None,
+        prompt: str = "agentgym",
+        prefix_bucket: int = 64,
     ):
+        if prefix_bucket < 1:
+            raise ValueError(f"DeviceSampler: prefix_bucket={prefix_bucket} must be >= 1")
+        self.prefix_bucket = int(prefix_bucket)
+        if prompt not in PROMPTS:
+            raise ValueError(f"DeviceSampler: prompt={prompt!r}; choose one of {PROMPTS}")
+        self.prompt = prompt
         if not isinstance(env.codec, PolicyCodec) or env.codec.tokenizer is not tokenizer:
             raise ValueError(
                 f"{env.name}: the env must be built with codec=PolicyCodec(tokenizer) of this "
@@ -244,9 +304,10 @@ class DeviceSampler:
         firsts, prefixes = [], []
         for i in range(len(indices)):
             st = jax.tree.map(lambda x, i=i: x[i], host)
-            firsts.append(first_observation(self.env, st))
-            prefixes.append(prefix_tokens(self.env.name, firsts[-1], self.tokenizer))
-        p = max(len(x) for x in prefixes)
+            firsts.append(first_observation(self.env, st, self.prompt))
+            prefixes.append(prefix_tokens(self.env.name, firsts[-1], self.tokenizer, self.prompt))
+        # widths rounded up to a bucket: batches of one size share one compiled rollout
+        p = -(-max(len(x) for x in prefixes) // self.prefix_bucket) * self.prefix_bucket
         pad = np.zeros((len(prefixes), p), np.int32)
         for i, x in enumerate(prefixes):
             pad[i, : len(x)] = x
@@ -452,11 +513,16 @@ class DeviceSampler:
 
     def to_records(self, out: SampleOutput) -> list[dict]:
         """AgentTraj items (with ``reward`` and ``success``) of every episode of ``out``."""
-        return [agenttraj.to_item(t) for t in self.trajectories(out)]
+        items = [agenttraj.to_item(t) for t in self.trajectories(out)]
+        if self.prompt == "agentgym":
+            return items
+        # first observations are already in this style; only the instruction turn changes
+        start = conversation_start(self.env.name, self.prompt)
+        return [{**it, "conversations": start + it["conversations"][2:]} for it in items]
 
     def token_stream(self, out: SampleOutput, i: int) -> np.ndarray:
         """Host: the exact token sequence episode ``i`` put through the policy (int32 [n])."""
-        parts = [prefix_tokens(self.env.name, out.first_obs[i], self.tokenizer)]
+        parts = [prefix_tokens(self.env.name, out.first_obs[i], self.tokenizer, self.prompt)]
         steps = int(out.num_steps[i])
         for r in range(steps):
             a = int(out.actions[r, i])
@@ -479,8 +545,8 @@ def host_reference_episode(sampler: DeviceSampler, params, idx: int, env_key) ->
     """
     env, model, tok = sampler.env, sampler.model, sampler.tokenizer
     state, ts = jax.jit(env.reset)(env_key, jnp.int32(idx))
-    first = first_observation(env, jax.device_get(state))
-    seq = list(prefix_tokens(env.name, first, tok))
+    first = first_observation(env, jax.device_get(state), sampler.prompt)
+    seq = list(prefix_tokens(env.name, first, tok, sampler.prompt))
     legal = np.asarray(ts.legal_actions)
     actions, rewards = [], []
     step = jax.jit(env.step)

@@ -50,7 +50,11 @@ class BCConfig:
       micro_batch: packed rows per micro-batch.
       grad_accum: micro-batches per update (global batch = micro_batch * grad_accum rows).
       seq_len: packed row length (official cap 4096).
-      epochs: passes over the data (official 1 per iteration).
+      epochs: passes over the data (official 1 per iteration); ignored when ``updates`` is set.
+      updates: if > 0, train exactly this many optimizer updates, cycling over the (reshuffled)
+        data as often as needed, whatever the data size. A fixed update budget makes BC_base
+        and every AgentEvol iteration comparable: they differ only in their data, not in how
+        long they trained (with ``epochs``, more explored data also means more updates).
       seed: shuffling and init seed.
       log_every: metric lines every this many updates.
       checkpoint_every: save every this many micro-steps (with a workdir).
@@ -65,6 +69,7 @@ class BCConfig:
     grad_accum: int = 4
     seq_len: int = 4096
     epochs: int = 1
+    updates: int = 0
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 200
@@ -75,6 +80,8 @@ class BCConfig:
         for f in ("micro_batch", "grad_accum", "seq_len", "epochs", "log_every"):
             if getattr(self, f) < 1:
                 raise ValueError(f"BCConfig.{f}={getattr(self, f)} must be >= 1")
+        if self.updates < 0:
+            raise ValueError(f"BCConfig.updates={self.updates} must be >= 0 (0: use epochs)")
         if not 0 <= self.warmup_frac < 1:
             raise ValueError(f"BCConfig.warmup_frac={self.warmup_frac} must be in [0, 1)")
         if not self.peak_lr > 0:
@@ -114,7 +121,10 @@ def _global_norm(tree) -> jax.Array:
 
 
 def num_micro_steps(examples: Sequence[Example], cfg: BCConfig) -> int:
-    """Micro-batches the iterator yields for ``cfg.epochs`` epochs (counted on the host)."""
+    """Micro-batches of a run: ``updates * grad_accum``, or what the iterator yields for
+    ``cfg.epochs`` epochs (counted on the host)."""
+    if cfg.updates:
+        return cfg.updates * cfg.grad_accum
     it = PackedBatchIterator(
         examples, batch_size=cfg.micro_batch, seq_len=cfg.seq_len, seed=cfg.seed,
         num_epochs=cfg.epochs,
@@ -181,7 +191,7 @@ def train_bc(
     step = parallel.make_train_step(make_step_fn(model), mesh=mesh, state_sharding=sharding)
     data = PackedBatchIterator(
         examples, batch_size=cfg.micro_batch, seq_len=cfg.seq_len, seed=cfg.seed,
-        num_epochs=cfg.epochs,
+        num_epochs=None if cfg.updates else cfg.epochs,
     )  # fmt: skip
     lines: list[dict] = []
     ckpt = writer = None
@@ -195,6 +205,8 @@ def train_bc(
         start = restored or 0
     acc: dict[str, float] = {}
     for i, batch in enumerate(data, start=start):
+        if i >= micro:  # an update budget (``cfg.updates``): the iterator itself never ends
+            break
         state, m = step(state, parallel.host_to_global(batch, mesh))
         m = jax.device_get(m)
         for k, v in m.items():

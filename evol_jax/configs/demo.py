@@ -1,24 +1,32 @@
-"""The CPU demo: ``python -m evol_jax.main --config demo --workdir DIR`` (a few minutes).
+"""The CPU demo: ``python -m evol_jax.demo --workdir DIR`` (same as ``python -m evol_jax.main
+--config demo --workdir DIR``).
 
-Maze and TextCraft (default, corrected semantics), a 2-layer d=64 policy from scratch, BC on 3
-expert episodes per env, M = 4 AgentEvol rounds exploring disjoint instructions at temperature 1,
-greedy evaluation on held-out instructions.
+Maze (the cheapest native env: short observations, 4 actions), a 2-layer d=64 policy trained from
+scratch, compact prompts. D_s is the expert on three starts of the *left* half of the double-T
+maze only, so BC_base has never seen the right half. Exploration (temperature 1, K = 4 samples per
+instruction) covers other starts of both halves; the success filter keeps what reaches the goal.
+Every iteration trains the same number of updates from the same initialisation (official
+``init_from="base"``, cumulative merge), so BC_base and AgentEvol differ only in their data.
+Greedy evaluation is on held-out starts of both halves, disjoint from D_s and from the
+exploration pool.
 """
+
+# Maze start indices (corrected semantics: 25 starts, `evol_jax.envs.maze.START_POSITIONS`).
+# Left half: columns 1-5 of the top corridor, column 3, row 5 left of the exit column.
+EXPERT = [0, 9]  # (1, 1) and (1, 11): the two far ends of the top corridor
+EVAL = [1, 3, 6, 8, 12, 15, 20, 23]  # (1,2) (1,4) (1,8) (1,10) (4,3) (5,5) (5,8) (3,9)
+EXPLORE = [i for i in range(25) if i not in EXPERT + EVAL]
 
 
 def get_config() -> dict:
     return {
         "seed": 0,
-        "envs": ["maze", "textcraft"],
-        # [start, stop) ranges of instance indices; eval is disjoint from expert and explore.
-        "splits": {
-            "maze": {"expert": (0, 3), "explore": (3, 17), "eval": (17, 25)},
-            "textcraft": {"expert": (0, 4), "explore": (100, 124), "eval": (500, 512)},
-        },
-        # TextCraft's expert needs <= 3 rounds; 10 instead of AgentGym's 20 keeps failures cheap.
-        "env_options": {"textcraft": {"max_rounds": 10}},
-        "max_cache_len": 3072,
-        "vocab_size": 700,
+        "envs": ["maze"],
+        # explicit index lists (a (start, stop) tuple would be a range)
+        "splits": {"maze": {"expert": EXPERT, "explore": EXPLORE, "eval": EVAL}},
+        "prompt": "compact",
+        "tokenizer_symbols": ["Thought:", "Action:"],
+        "vocab_size": 600,
         "model": dict(
             d_model=64,
             num_layers=2,
@@ -27,17 +35,19 @@ def get_config() -> dict:
             mlp="swiglu",
             norm="rmsnorm",
             positions="rope",
-            max_len=8192,
+            max_len=2048,
         ),  # fmt: skip
         "bc": dict(
             peak_lr=3e-3,
             warmup_frac=0.1,
-            micro_batch=8,
+            micro_batch=4,
             grad_accum=1,
-            seq_len=2048,
-            epochs=12,
-            log_every=1000,
+            seq_len=1024,
+            updates=120,
+            log_every=20,
             checkpoint_every=100000,
         ),  # fmt: skip
-        "evol": dict(iterations=4, init_from="previous", merge="cumulative", temperature=1.0),
+        "evol": dict(
+            iterations=4, init_from="base", merge="cumulative", temperature=1.0, num_samples=4
+        ),
     }

@@ -92,3 +92,32 @@ def test_bad_config():
         train_bc(_model(), _examples(np.random.default_rng(0), 4), BCConfig(micro_batch=3))
     with pytest.raises(ValueError, match="no examples"):
         train_bc(_model(), [], CFG)
+
+
+def test_update_budget_cycles_the_data(tmp_path):
+    """``updates=N`` trains exactly N updates whatever the data size (3 examples, 8 per batch:
+    the iterator wraps around epochs), and an interrupted budgeted run resumes to the same
+    parameters."""
+    model = _model()
+    ex = _examples(np.random.default_rng(3), 3)
+    cfg = BCConfig(peak_lr=3e-3, micro_batch=8, grad_accum=2, seq_len=12, updates=5,
+                   log_every=1, checkpoint_every=4)  # fmt: skip
+    full, lines = train_bc(model, ex, cfg)
+    assert [line["update"] for line in lines] == [1, 2, 3, 4, 5]
+    assert lines[-1]["step"] == 10  # micro-steps = updates * grad_accum
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_6(line):
+        if line["step"] == 6:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_bc(model, ex, cfg, workdir=str(tmp_path), log_fn=stop_at_6)
+    resumed, lines = train_bc(model, ex, cfg, workdir=str(tmp_path))
+    assert lines[-1]["update"] == 5
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="updates"):
+        BCConfig(updates=-1)

@@ -197,3 +197,36 @@ def test_http_host_path_batches_generation(tok):
     assert parse_action("Thought:\nx\n\nAction:\nmove up") == "move up"
     with pytest.raises(ValueError, match="wordle"):
         BatchedHTTPPolicy(model, params, tok, "wordle")
+
+
+def test_compact_prompt(tok):
+    """``prompt="compact"``: device loop == host reference, records tokenise to the stream, expert
+    records restyled by `restyle_item` start exactly as the sampler's episodes, far fewer
+    prefix tokens than AgentGym's prompt."""
+    from evol_jax.sampler import first_observation, prefix_tokens, restyle_item
+
+    model, params = _model(tok, seed=1)
+    env = envs.make("maze", codec=PolicyCodec(tok))
+    sampler = DeviceSampler(env, model, tok, rounds=3, prompt="compact")
+    idx = [0, 13]
+    out = sampler.run(params, idx, seed=4, temperature=0.0)
+    keys = sampler.row_keys(4, 0, idx, [0, 0])
+    records = sampler.to_records(out)
+    expert = experts.trajectories(env, experts.rollout(env, np.asarray(idx)))
+    for i, ix in enumerate(idx):
+        ref = host_reference_episode(sampler, params, ix, jax.random.fold_in(keys[i], 2**31 - 1))
+        n = int(out.num_steps[i])
+        assert out.actions[:n, i].tolist() == ref["actions"]
+        np.testing.assert_array_equal(sampler.token_stream(out, i), ref["tokens"])
+        toks, _ = tokenize_conversation(records[i]["conversations"], tok)
+        np.testing.assert_array_equal(toks, ref["tokens"])
+        item = restyle_item(experts.agenttraj.to_item(expert[i]), "compact")
+        assert item["conversations"][:3] == records[i]["conversations"][:3]
+    state, _ = env.reset(jax.random.key(0), 0)
+    full = prefix_tokens("maze", first_observation(env, state), tok)
+    short = prefix_tokens("maze", first_observation(env, state, "compact"), tok, "compact")
+    assert 4 * len(short) < len(full)
+    with pytest.raises(ValueError, match="prompt"):
+        DeviceSampler(env, model, tok, prompt="short")
+    with pytest.raises(ValueError, match="prompt"):
+        restyle_item(records[0], "short")
