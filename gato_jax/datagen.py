@@ -26,7 +26,9 @@ procedural source (``vl`` / ``text``), with seeds ``seed, seed + 1, ...``, and w
   step's action), ``steps/is_first``, ``steps/is_last``, ``steps/is_terminal`` (True only on the
   last step of an episode that ended in a terminal state, not a time limit). The final
   observation, which no action follows, is not stored, so rewards sum to the episode return.
-  ``vl`` / ``text`` episodes have observation fields only (no action, no reward).
+  ``vl`` / ``text`` episodes have no reward; ``text_corpus`` has observation text only,
+  ``vl_shapes`` the image as observation and the caption as a text action
+  (``steps/action/caption``, so the caption follows its image and carries the loss).
 * ``episode_metadata``: ``task``, ``domain``, ``instruction``, ``policy`` (``expert``),
   ``seed``, ``episode_return``.
 
@@ -174,13 +176,15 @@ def rlds_episode(task: Task, seed: int, *, max_steps: int | None = None) -> dict
         if task.sample_episode is None:
             raise ValueError(f"task {task.name!r} has neither an environment nor a sampler")
         ep = task.sample_episode(int(seed))
-        obs = ep["observation"]
+        obs, act = ep["observation"], ep.get("action")
         n = len(next(iter(obs.values())))
         if max_steps is not None:
             n = min(n, int(max_steps))
             obs = {k: v[:n] for k, v in obs.items()}
+            act = None if act is None else {k: v[:n] for k, v in act.items()}
         steps = {
             "observation": obs,
+            **({"action": act} if act else {}),
             "is_first": np.arange(n) == 0,
             "is_last": np.arange(n) == n - 1,
             "is_terminal": np.arange(n) == n - 1,
@@ -302,6 +306,7 @@ def _texts(episodes: Iterable[Mapping[str, Any]]) -> list[str]:
 
     for ep in episodes:
         walk(ep["steps"].get("observation", {}))
+        walk(ep["steps"].get("action", {}))
         walk(ep["episode_metadata"].get("instruction", ""))
     return out
 
@@ -321,17 +326,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512):
 
 def _check_text_budget(task: Task, episodes, tokenizer) -> None:
     """Every text value fits its field's token budget (errors name task, field and text)."""
-    budgets = {f.path[-1]: f.spec.shape[0] for f in task.spec.observation if f.spec.kind == "text"}
+    budgets = {
+        (f.name.split("/")[0], f.path[-1]): f.spec.shape[0]
+        for f in task.spec.fields
+        if f.spec.kind == "text"
+    }
     for ep in episodes:
-        values = dict(ep["steps"].get("observation", {}))
-        if "instruction" in budgets:
-            values["instruction"] = [ep["episode_metadata"]["instruction"]]
-        for key, budget in budgets.items():
-            for text in values.get(key, []):
+        values = {
+            (root, k): v
+            for root in ("observation", "action")
+            for k, v in dict(ep["steps"].get(root, {})).items()
+        }
+        if ("observation", "instruction") in budgets:
+            values["observation", "instruction"] = [ep["episode_metadata"]["instruction"]]
+        for (root, key), budget in budgets.items():
+            for text in values.get((root, key), []):
                 n = len(tokenizer.encode(text))
                 if n > budget:
                     raise ValueError(
-                        f"task {task.name!r}: observation/{key} {text!r} takes {n} tokens, more "
+                        f"task {task.name!r}: {root}/{key} {text!r} takes {n} tokens, more "
                         f"than the field's {budget}"
                     )
 
@@ -524,6 +537,38 @@ def sources(
             )
         )
     return tuple(out)
+
+
+def parse_gen_spec(text: str) -> tuple[str, list[str] | None, dict[str, float]]:
+    """Parses ``gen:DIR[:TASK[*WEIGHT],...]`` into ``(DIR, tasks or None, weights)``.
+
+    The task list starts after the last ``:`` whose remainder holds no ``/`` (so ``DIR`` may
+    itself contain ``:``).
+
+    Raises:
+      ValueError: naming the malformed part.
+    """
+    if not text.startswith("gen:"):
+        raise ValueError(f"--data {text!r}: expected 'gen:DIR[:TASK[*WEIGHT],...]'")
+    rest = text[len("gen:") :]
+    directory, names, weights = rest, None, {}
+    pos = rest.rfind(":")
+    if pos >= 0 and "/" not in rest[pos + 1 :]:
+        directory, items = rest[:pos], rest[pos + 1 :]
+        names = []
+        for item in (s.strip() for s in items.split(",")):
+            name, star, w = item.partition("*")
+            if not name:
+                raise ValueError(f"--data {text!r}: empty task name in {items!r}")
+            if star:
+                try:
+                    weights[name] = float(w)
+                except ValueError:
+                    raise ValueError(f"--data {text!r}: weight {w!r} is not a number") from None
+            names.append(name)
+    if not directory:
+        raise ValueError(f"--data {text!r}: empty directory")
+    return directory, names, weights
 
 
 def load_tokenizer(data_dir: str):

@@ -17,7 +17,11 @@ For every environment task (:mod:`gato_jax.tasks`):
 
 ``vl`` / ``text`` tasks have no environment and no return: their row reports the per-token
 perplexity of the text (captions / sentences) under the model, teacher-forced, on
-``--episodes`` freshly sampled episodes (seeds from ``seed``), and no normalised score.
+``--episodes`` freshly sampled episodes (seeds from ``seed``), and no normalised score. For
+``vl`` tasks (``image | caption``) every image of those episodes is also captioned greedily
+(:func:`decode_captions`: KV-cached, restricted to the text vocabulary, cut at the first ".")
+and compared with its reference: exact-match rate, token accuracy and sample pairs (printed
+under the table).
 ``--max_steps`` below a task's own limit caps its episodes for a quick look; their returns are
 reported but not normalised (the random/expert returns are for full-length episodes).
 
@@ -39,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gato_jax.policy import GatoPolicy, load_checkpoint
@@ -170,6 +175,201 @@ def rollout(policy: GatoPolicy, task, seeds: Sequence[int], max_steps: int) -> l
     return returns
 
 
+# ------------------------------------------------------------------------------ captions
+
+
+def caption_inputs(spec, images: np.ndarray, max_tokens: int | None = None):
+    """Model inputs for captioning: each image as a one-step episode ``image | caption``.
+
+    The sequences are built by the training code (:func:`gato_jax.sequence.build_batch`,
+    window ``start``, no prompt) with a placeholder caption of ``max_tokens`` ids, so the
+    image tokens, the separator and the caption's local positions are exactly training's.
+
+    Args:
+      spec: the task's :class:`~gato_jax.spec.EpisodeSpec` (one image observation, one text
+        action field, e.g. ``vl_shapes``).
+      images: uint8 ``[B, H, W, C]``.
+      max_tokens: caption tokens to decode (default: the text field's maximum).
+
+    Returns:
+      ``(inputs, prefix_len, caption_local)``: :class:`~gato_jax.sequence.GatoInputs`
+      ``[B, L]``, int32 ``[B]`` tokens up to and including '|', int32 ``[B, max_tokens]``
+      local positions of the caption tokens.
+
+    Raises:
+      ValueError: a spec without exactly one text action field, or a window too short for the
+        image, the separator and ``max_tokens`` caption tokens.
+    """
+    from gato_jax.sequence import build_batch, encode_episode, stack_episodes
+    from gato_jax.spec import TokenKind
+
+    texts = [f for f in spec.action if f.spec.kind == "text"]
+    if len(texts) != 1 or len(spec.action) != 1:
+        raise ValueError(f"captioning needs exactly one text action field, spec has {spec.action}")
+    field = texts[0]
+    n = field.num_tokens if max_tokens is None else int(max_tokens)
+    if not 1 <= n <= field.num_tokens:
+        raise ValueError(f"max_tokens={n} outside [1, {field.num_tokens}]")
+    images = np.asarray(images)
+    obs_names = [f.path[-1] for f in spec.observation]
+    if len(obs_names) != 1:
+        raise ValueError(f"captioning needs one image observation field, spec has {obs_names}")
+    arrays = [
+        encode_episode(
+            {
+                "observation": {obs_names[0]: img[None]},
+                "action": {field.path[-1]: [np.zeros(n, np.int32)]},
+            },
+            spec,
+        )
+        for img in images
+    ]
+    keys = jax.random.split(jax.random.key(0), len(arrays))
+    inputs = build_batch(stack_episodes(arrays), keys, spec, prompt_mode="none", window="start")
+    kinds = np.asarray(inputs.kinds)
+    sep = np.argmax(kinds == TokenKind.SEPARATOR, axis=1)
+    has_sep = (kinds == TokenKind.SEPARATOR).any(axis=1)
+    room = kinds.shape[1] - sep - 1
+    if not has_sep.all() or (room < n).any() or bool(np.asarray(inputs.patch_overflow).any()):
+        raise ValueError(
+            f"window of {kinds.shape[1]} tokens cannot hold the image, '|' and {n} caption tokens "
+            "(raise TokenizerConfig.seq_len / max_patches)"
+        )
+    local = np.asarray(inputs.local_positions)
+    caption_local = np.stack([local[b, s + 1 : s + 1 + n] for b, s in enumerate(sep)])
+    return inputs, (sep + 1).astype(np.int32), caption_local.astype(np.int32)
+
+
+_DECODERS: dict = {}
+
+
+def _caption_decoder(model_config, num_tokens: int, vocab: int):
+    """Jitted greedy KV-cached decoder (one compile per model config / length / vocabulary)."""
+    key = (model_config, num_tokens, vocab)
+    if key in _DECODERS:
+        return _DECODERS[key]
+    from core_jax.nn import KVCache, restrict_logits
+    from gato_jax.models import Gato
+    from gato_jax.policy import ModelInputs
+
+    model = Gato(model_config)
+
+    @jax.jit
+    def decode(params, inputs, prefix_len, caption_local):
+        b, length = inputs.tokens.shape
+        prefix = ModelInputs(
+            tokens=inputs.tokens,
+            local_positions=inputs.local_positions,
+            patch_index=inputs.patch_index,
+            patches=inputs.patches,
+            patch_rows=inputs.patch_rows,
+            patch_cols=inputs.patch_cols,
+        )
+        cache = KVCache.init(model_config.transformer, b, length)
+        # Prefill the image and '|' (the placeholder caption after them is right padding:
+        # written but not counted, then overwritten by the decoded tokens).
+        _, hidden, cache = model.apply(
+            {"params": params}, prefix, cache=cache, num_valid=prefix_len, return_hidden=True
+        )
+        h = jnp.take_along_axis(hidden, (prefix_len - 1)[:, None, None], axis=1)[:, 0]
+        first = model.apply(
+            {"params": params}, h, method=lambda m, x: m.transformer.logits_from_hidden(x)
+        )
+        ps, c = inputs.patches.shape[-3], inputs.patches.shape[-1]
+
+        def pick(lg):
+            return jnp.argmax(restrict_logits(lg, id_range=(0, vocab)), axis=-1).astype(jnp.int32)
+
+        def body(carry, i):
+            cache, lg = carry
+            tok = pick(lg)
+            step = ModelInputs(
+                tokens=tok[:, None],
+                local_positions=jax.lax.dynamic_slice_in_dim(caption_local, i, 1, axis=1),
+                patch_index=jnp.full((b, 1), -1, jnp.int32),
+                patches=jnp.zeros((b, 0, ps, ps, c), jnp.float32),
+                patch_rows=jnp.zeros((b, 0, 2), jnp.int32),
+                patch_cols=jnp.zeros((b, 0, 2), jnp.int32),
+            )
+            new_lg, cache = model.apply({"params": params}, step, cache=cache)
+            return (cache, new_lg[:, 0]), tok
+
+        (_, last), toks = jax.lax.scan(body, (cache, first), jnp.arange(num_tokens - 1))
+        return jnp.concatenate([toks.T, pick(last)[:, None]], axis=1)
+
+    _DECODERS[key] = decode
+    return decode
+
+
+def decode_captions(
+    model_config, params, spec, images: np.ndarray, *, vocab: int, max_tokens: int | None = None
+) -> np.ndarray:
+    """Greedy captions of ``images``: the image tokens and '|' are prefilled into a KV cache,
+    then the caption tokens are decoded one at a time, each the argmax of the logits restricted
+    to the text vocabulary ``[0, vocab)``.
+
+    Args:
+      model_config: :class:`~gato_jax.configs.base.GatoModelConfig`.
+      params: the model's parameters.
+      spec: the task spec (``image | caption``; see :func:`caption_inputs`).
+      images: uint8 ``[B, H, W, C]``.
+      vocab: text ids allowed (the tokenizer's ``vocab_size``; at most the spec's
+        ``text_vocab_size``).
+      max_tokens: tokens to decode (default: the caption field's maximum).
+
+    Returns:
+      int32 ``[B, max_tokens]`` ids (decode with the tokenizer and cut at the caption end).
+    """
+    if not 1 <= vocab <= spec.cfg.text_vocab_size:
+        raise ValueError(f"vocab={vocab} outside [1, {spec.cfg.text_vocab_size}]")
+    inputs, prefix_len, caption_local = caption_inputs(spec, images, max_tokens)
+    fn = _caption_decoder(model_config, caption_local.shape[1], int(vocab))
+    return np.asarray(fn(params, inputs, jnp.asarray(prefix_len), jnp.asarray(caption_local)))
+
+
+def cut_caption(text: str, end: str = ".") -> str:
+    """The caption up to and including the first ``end`` (the whole text if there is none)."""
+    i = text.find(end)
+    return (text if i < 0 else text[: i + len(end)]).strip()
+
+
+def caption_scores(task, model_config, params, seeds: Sequence[int], tokenizer, samples=5) -> dict:
+    """Greedy captions of the images of ``task.sample_episode(seed)`` vs their references.
+
+    Returns:
+      ``caption_exact`` (fraction of captions equal to the reference), ``caption_token_acc``
+      (fraction of reference tokens matched position by position by the decoded ids),
+      ``captions`` (number scored) and ``caption_samples`` (the first ``samples``
+      ``{"generated", "reference"}`` pairs).
+    """
+    if tokenizer is None:
+        raise ValueError(f"task {task.name!r} has text: pass --tokenizer (SentencePiece model)")
+    (field,) = task.spec.action
+    obs_key = task.spec.observation[0].path[-1]
+    images, refs = [], []
+    for s in seeds:
+        ep = task.sample_episode(s)
+        images.extend(np.asarray(ep["observation"][obs_key]))
+        refs.extend(ep["action"][field.path[-1]])
+    ids = decode_captions(
+        model_config, params, task.spec, np.stack(images), vocab=tokenizer.vocab_size
+    )
+    exact, matched, total, pairs = 0, 0, 0, []
+    for row, ref in zip(ids, refs, strict=True):
+        gen = cut_caption(tokenizer.decode(row))
+        ref_ids = tokenizer.encode(ref)[: row.shape[0]]
+        matched += int((row[: ref_ids.size] == ref_ids).sum())
+        total += int(ref_ids.size)
+        exact += int(gen == ref.strip())
+        pairs.append({"generated": gen, "reference": ref.strip()})
+    return {
+        "caption_exact": exact / len(refs),
+        "caption_token_acc": matched / max(total, 1),
+        "captions": len(refs),
+        "caption_samples": pairs[:samples],
+    }
+
+
 def text_perplexity(model_config, params, task, seeds: Sequence[int], tokenizer) -> dict:
     """Teacher-forced per-token perplexity of the text of ``task.sample_episode(seed)``."""
     from gato_jax.models import Gato
@@ -191,8 +391,10 @@ def text_perplexity(model_config, params, task, seeds: Sequence[int], tokenizer)
         return gato_loss(model.apply({"params": params}, batch), batch)[1]
 
     m = jax.device_get(metrics(params, batch))
-    n = float(m["text_tokens"])
-    loss = float(m["text_loss"])
+    # Text observations are "text" targets; a caption is a text *action* (vl_shapes).
+    kind = "text" if any(f.spec.kind == "text" for f in spec.observation) else "action"
+    n = float(m[f"{kind}_tokens"])
+    loss = float(m[f"{kind}_loss"])
     return {"text_loss": loss, "perplexity": math.exp(loss), "text_tokens": n}
 
 
@@ -230,6 +432,8 @@ def evaluate(
         row: dict[str, Any] = {"task": task.name, "domain": task.domain, "episodes": episodes}
         if not task.has_env:
             row.update(text_perplexity(cfg.model, params, task, seeds, tokenizer))
+            if any(f.spec.kind == "text" for f in task.spec.action):
+                row.update(caption_scores(task, cfg.model, params, seeds, tokenizer))
             row["score"] = None
         else:
             policy = GatoPolicy(
@@ -299,6 +503,12 @@ def _json_safe(x):
 
 
 def _row_line(row: Mapping[str, Any]) -> str:
+    if "caption_exact" in row:
+        return (
+            f"{row['task']}: caption perplexity {row['perplexity']:.2f}, exact-match "
+            f"{100 * row['caption_exact']:.0f}%, token accuracy "
+            f"{100 * row['caption_token_acc']:.0f}% ({row['captions']} held-out images)"
+        )
     if "perplexity" in row:
         return f"{row['task']}: text perplexity {row['perplexity']:.2f}"
     score = "n/a" if row["score"] is None else f"{row['score']:.1f}"
@@ -335,6 +545,18 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"fraction of tasks >= {s['threshold']:.0f}: "
         f"{'n/a' if frac is None else f'{100 * frac:.0f}%'}.",
     ]
+    for r in results["tasks"]:
+        if "caption_exact" not in r:
+            continue
+        lines += [
+            "",
+            f"{r['task']}: greedy captions of {r['captions']} held-out images: exact match "
+            f"{100 * r['caption_exact']:.0f}%, token accuracy {100 * r['caption_token_acc']:.0f}%",
+            "",
+            "| generated | reference |",
+            "|---|---|",
+        ]
+        lines += [f"| {p['generated']} | {p['reference']} |" for p in r["caption_samples"]]
     return "\n".join(lines) + "\n"
 
 

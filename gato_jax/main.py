@@ -25,7 +25,17 @@ per device without running a step.
       python -m gato_jax.main --config gato_tiny --workdir /tmp/run \
           --data 'tfds:cartpole@/data/rlds*3,tfds:pendulum@/data/rlds:train[:90%]*1'
 
-Either source is deterministic given ``seed`` and checkpointed with the run (its position is
+* ``gen:DIR[:TASK[*WEIGHT],...]``: a :mod:`gato_jax.datagen` output directory, read with the
+  tasks' own specs (:func:`gato_jax.datagen.sources`) and its SentencePiece tokenizer
+  (``DIR/tokenizer.model``), so tasks with text in their steps (``vl_shapes`` captions,
+  ``text_corpus``) train in the same mixture as control and BabyAI tasks; the task list
+  defaults to every task in ``DIR/tasks.json``. The tokenizer is copied to
+  ``WORKDIR/tokenizer.model``, where :mod:`gato_jax.evaluate` finds it. Example::
+
+      python -m gato_jax.main --config gato_tiny --workdir /tmp/run \
+          --data 'gen:/tmp/gato_data:cartpole*2,babyai_goto_redball,vl_shapes,text_corpus'
+
+Every source is deterministic given ``seed`` and checkpointed with the run (its position is
 saved as the checkpoint's data state), so a resumed run sees the same batches.
 """
 
@@ -153,13 +163,49 @@ def print_dry_run(name: str, cfg: GatoConfig, r: dict[str, Any]) -> None:
     print(f"compiled in {r['compile_s']:.1f} s; no step was run")
 
 
+def _gen_data(cfg: GatoConfig):
+    from gato_jax import datagen
+    from gato_jax.input_pipeline import GatoDataPipeline
+
+    directory, names, weights = datagen.parse_gen_spec(cfg.data)
+    srcs = datagen.sources(directory, names, weights, cfg=cfg.tokenizer)
+    tok_path = os.path.join(directory, "tokenizer.model")
+    tokenizer = datagen.load_tokenizer(directory) if os.path.isfile(tok_path) else None
+    return GatoDataPipeline(
+        srcs,
+        cfg.tokenizer,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        expert_fraction=cfg.expert_fraction,
+        num_threads=cfg.data_threads,
+        prefetch=cfg.data_prefetch,
+        text_tokenizer=tokenizer,
+    )
+
+
 def make_data(cfg: GatoConfig):
     """The run's host-batch iterator (``state()`` / ``restore()`` for checkpoints)."""
     if cfg.data == "synthetic":
         return SyntheticData(cfg)
+    if cfg.data.startswith("gen:"):
+        return _gen_data(cfg)
     from gato_jax import input_pipeline  # imports TFDS only for TFDS sources
 
     return input_pipeline.from_config(cfg)
+
+
+def _copy_tokenizer(cfg: GatoConfig, workdir: str) -> None:
+    """``gen:`` data: the run keeps its text tokenizer (``WORKDIR/tokenizer.model``)."""
+    if not cfg.data.startswith("gen:"):
+        return
+    from gato_jax.datagen import parse_gen_spec
+
+    src = os.path.join(parse_gen_spec(cfg.data)[0], "tokenizer.model")
+    if os.path.isfile(src) and jax.process_index() == 0:
+        import shutil
+
+        os.makedirs(workdir, exist_ok=True)
+        shutil.copyfile(src, os.path.join(workdir, "tokenizer.model"))
 
 
 def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, Any]:
@@ -171,6 +217,7 @@ def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, An
         _create_fn(cfg, model), mesh, jax.random.key(cfg.seed), rules=cfg.mesh.rules
     )
     data = make_data(cfg)
+    _copy_tokenizer(cfg, workdir)
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=cfg.max_to_keep,
@@ -220,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_steps", type=int, help="override the config's num_steps")
     parser.add_argument(
         "--data",
-        help="episode source (config.data): 'synthetic' or "
-        "'tfds:NAME@DATA_DIR[:SPLIT][*WEIGHT][,...]' (see the module docstring)",
+        help="episode source (config.data): 'synthetic', "
+        "'tfds:NAME@DATA_DIR[:SPLIT][*WEIGHT][,...]' or 'gen:DIR[:TASK[*WEIGHT],...]' "
+        "(see the module docstring)",
     )
     parser.add_argument("--dry_run", action="store_true", help="compile only; print memory")
     parser.add_argument(

@@ -97,8 +97,10 @@ class Task:
         mission of each episode instead (``observation["instruction"]``).
       env_id: the simulator's id (gymnasium id, Meta-World name, ROM), for reference.
       returns_info: how the returns were measured (episodes, seeds).
-      sample_episode: ``seed -> {"observation": {field: [T, ...]}}`` for tasks without an
-        environment (``vl``, ``text``; text leaves are lists of ``T`` strings).
+      sample_episode: ``seed -> {"observation": {field: [T, ...]}[, "action": {...}]}`` for
+        tasks without an environment (``vl``, ``text``; text leaves are lists of ``T``
+        strings). ``vl_shapes`` returns the image as observation and the caption as a text
+        action (``image | caption``: the caption follows, and is conditioned on, its image).
     """
 
     name: str
@@ -594,6 +596,7 @@ def _atari_pong(name: str, cfg: TokenizerConfig) -> Task:
 VL_IMAGE = 48  # 3x3 grid of 16x16 cells, one patch each
 VL_PAIRS = 5  # (image, caption) pairs per example (spec section 2)
 VL_CAPTION_TOKENS = 32
+CAPTION_END = " ."  # every caption ends with it: the decoder stops at the first "."
 TEXT_TOKENS = 64
 TEXT_SENTENCES = 4
 CORPUS_FILE = os.path.join(os.path.dirname(__file__), "corpus", "agents.txt")
@@ -654,24 +657,26 @@ def render_shapes(items, rng: np.random.Generator) -> np.ndarray:
 
 
 def vl_shapes_pair(rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """One (image uint8 ``[48, 48, 3]``, caption) pair: one or two shapes at distinct places."""
+    """One (image uint8 ``[48, 48, 3]``, caption) pair: one or two shapes at distinct places.
+
+    The caption ends with :data:`CAPTION_END` (``" ."``), so a decoded caption has a learned
+    end (captions are variable-length text and the model sees no padding).
+    """
     n = int(rng.integers(1, 3))
     places = rng.choice(9, size=n, replace=False)
     colours = rng.choice(list(_COLOURS), size=n, replace=False)
     shapes = rng.choice(_SHAPES, size=n)
     items = [(str(c), str(s), int(p)) for c, s, p in zip(colours, shapes, places, strict=True)]
     parts = [f"a {c} {s} in the {_PLACES[p]}" for c, s, p in items]
-    return render_shapes(items, rng), " and ".join(parts)
+    return render_shapes(items, rng), " and ".join(parts) + CAPTION_END
 
 
 def _vl_episode(seed: int) -> dict:
     rng = np.random.default_rng([7, int(seed)])
     pairs = [vl_shapes_pair(rng) for _ in range(VL_PAIRS)]
     return {
-        "observation": {
-            "image": np.stack([p[0] for p in pairs]),
-            "caption": [p[1] for p in pairs],
-        }
+        "observation": {"image": np.stack([p[0] for p in pairs])},
+        "action": {"caption": [p[1] for p in pairs]},
     }
 
 
@@ -706,12 +711,13 @@ def _identity_observation(obs, env):
 
 
 def _vl_task(name: str, cfg: TokenizerConfig) -> Task:
+    # Captioning as Gato lays it out (spec section 2/5): the image tokens, then the caption's
+    # text tokens, with the loss on the text. Within a timestep text observations come before
+    # images, so the caption is the step's (text) *action*: ``image | caption``; the caption is
+    # then conditioned on its image and carries the loss (action tokens are targets).
     spec = EpisodeSpec(
-        {
-            "image": FieldSpec("image", (VL_IMAGE, VL_IMAGE, 3)),
-            "caption": FieldSpec("text", (VL_CAPTION_TOKENS,)),
-        },
-        {},
+        {"image": FieldSpec("image", (VL_IMAGE, VL_IMAGE, 3))},
+        {"caption": FieldSpec("text", (VL_CAPTION_TOKENS,))},
         cfg,
     )
     return Task(

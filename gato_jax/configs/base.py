@@ -86,7 +86,9 @@ class GatoConfig:
       data: episode source; ``synthetic`` is the built-in deterministic generator of mixed
         control / image episodes (:mod:`gato_jax.synthetic`); otherwise a mixture of RLDS TFDS
         datasets ``tfds:NAME@DATA_DIR[:SPLIT][*WEIGHT][,...]``
-        (:func:`gato_jax.input_pipeline.parse_data_spec`).
+        (:func:`gato_jax.input_pipeline.parse_data_spec`), or ``gen:DIR[:TASK[*WEIGHT],...]``:
+        a :mod:`gato_jax.datagen` output read with the tasks' own specs and its text tokenizer
+        (:func:`gato_jax.datagen.parse_gen_spec`).
       synthetic_steps: timesteps per synthetic episode.
       expert_fraction: TFDS sources keep episodes with return ``>=`` this fraction of their
         task's expert return (spec section 7: 0.8; 0 keeps all).
@@ -131,7 +133,14 @@ class GatoConfig:
                 bad(name, "must be >= 1")
         if self.checkpoint_every < 1 or self.max_to_keep < 1:
             bad("checkpoint_every", "checkpoint_every and max_to_keep must be >= 1")
-        if self.data not in DATA_SOURCES:
+        if self.data.startswith("gen:"):
+            from gato_jax.datagen import parse_gen_spec  # light: no simulator or TFDS import
+
+            try:
+                parse_gen_spec(self.data)
+            except ValueError as e:
+                bad("data", str(e))
+        elif self.data not in DATA_SOURCES:
             from gato_jax.input_pipeline import parse_data_spec  # light: tfds loads on use
 
             try:

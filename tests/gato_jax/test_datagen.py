@@ -69,7 +69,10 @@ def test_registry_domains_and_specs():
         assert t.spec.observation and t.max_steps >= 1
         assert (t.make_env is None) == (t.domain in ("vl", "text"))
         assert (t.expert is None) == (t.domain in ("vl", "text"))
-        assert bool(t.spec.action) == t.has_env
+        # Environment tasks act; vl_shapes "acts" by captioning (a text action field).
+        assert bool(t.spec.action) == (t.has_env or t.domain == "vl")
+        if not t.has_env:
+            assert all(f.spec.kind == "text" for f in t.spec.action)
         for f in t.spec.observation:
             if f.spec.kind == "image":
                 assert f.spec.shape[2] == TokenizerConfig().image_channels
@@ -177,7 +180,8 @@ def test_vl_captions_describe_the_image():
     for _ in range(20):
         img, caption = tasks.vl_shapes_pair(rng)
         assert img.shape == (48, 48, 3) and img.dtype == np.uint8
-        for part in caption.split(" and "):
+        assert caption.endswith(tasks.CAPTION_END)
+        for part in caption[: -len(tasks.CAPTION_END)].split(" and "):
             words = part.split(" ")  # "a red circle in the top left"
             colour, shape, place = words[1], words[2], " ".join(words[5:])
             r, c = divmod(places[place], 3)
@@ -186,6 +190,44 @@ def test_vl_captions_describe_the_image():
             np.testing.assert_array_equal(
                 cell[mask], np.broadcast_to(tasks._COLOURS[colour], cell[mask].shape)
             )
+
+
+def test_vl_caption_follows_its_image_and_carries_the_loss():
+    """Captioning layout (spec sections 2/5): per step the image patches, '|', then the
+    caption's text tokens, which are the loss targets; image tokens carry no loss."""
+    import jax
+
+    from gato_jax.sequence import build_batch, stack_episodes
+    from gato_jax.spec import TokenKind
+
+    task = tasks.get_task("vl_shapes", CFG)
+    assert [f.name for f in task.spec.observation] == ["observation/image"]
+    assert [(f.name, f.spec.kind) for f in task.spec.action] == [("action/caption", "text")]
+    ep = task.sample_episode(5)
+    captions = ep["action"]["caption"]
+    tok = datagen.train_tokenizer(captions, vocab_size=120)
+    arrays = encode_episode(ep, task.spec, text_tokenizer=tok)
+    b = build_batch(
+        stack_episodes([arrays]), jax.random.split(jax.random.key(0), 1), task.spec,
+        prompt_mode="none", window="start",
+    )  # fmt: skip
+    kinds, tokens = np.asarray(b.kinds[0]), np.asarray(b.tokens[0])
+    loss, valid = np.asarray(b.loss_mask[0]), np.asarray(b.valid[0])
+    patches = (tasks.VL_IMAGE // 16) ** 2
+    pos = 0
+    for caption in captions:  # every step that fits in the window, in order
+        ids = tok.encode(caption)
+        n = patches + 1 + ids.size
+        if pos + n > CFG.seq_len:
+            break
+        assert (kinds[pos : pos + patches] == TokenKind.IMAGE).all()
+        assert not loss[pos : pos + patches + 1].any()
+        assert kinds[pos + patches] == TokenKind.SEPARATOR
+        span = slice(pos + patches + 1, pos + n)
+        assert (kinds[span] == TokenKind.ACTION).all() and loss[span].all()
+        np.testing.assert_array_equal(tokens[span], ids)
+        pos += n
+    assert pos >= 2 * (patches + 1) and valid[:pos].all()
 
 
 # ---------------------------------------------------------------------------------------------

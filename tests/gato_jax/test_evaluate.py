@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -122,3 +123,49 @@ def test_text_task_reports_perplexity(tiny_run, tmp_path):
     # Random init: close to uniform over the 33k vocabulary (ln 33025 ~ 10.4).
     assert 8.0 < row["text_loss"] < 12.0
     assert row["perplexity"] == pytest.approx(math.exp(row["text_loss"]))
+
+
+def test_caption_decoding_matches_uncached_argmax():
+    """Greedy KV-cached captioning == a loop of full (non-cached) forwards, each taking the
+    argmax of the last position's logits restricted to the text ids ``[0, vocab)``."""
+    import jax.numpy as jnp
+
+    cfg = get_config("gato_tiny")
+    model = Gato(cfg.model)
+    params = nn.meta.unbox(model.init(jax.random.key(1), dummy_inputs(cfg.tokenizer))["params"])
+    task = get_task("vl_shapes", cfg.tokenizer)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 48, 48, 3)).astype(np.uint8)
+    n, vocab = 6, 40
+    ids = evaluate.decode_captions(cfg.model, params, task.spec, images, vocab=vocab, max_tokens=n)
+    assert ids.shape == (3, n) and ids.dtype == np.int32
+    assert ((ids >= 0) & (ids < vocab)).all()
+
+    inputs, prefix_len, _ = evaluate.caption_inputs(task.spec, images, n)
+    tokens = np.asarray(inputs.tokens).copy()
+    want = np.zeros((3, n), np.int32)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    for i in range(n):
+        logits = np.asarray(apply(params, inputs.replace(tokens=jnp.asarray(tokens))))
+        for b in range(3):
+            pos = prefix_len[b] + i
+            want[b, i] = np.argmax(logits[b, pos - 1, :vocab])
+            tokens[b, pos] = want[b, i]
+    np.testing.assert_array_equal(ids, want)
+    # The restriction matters: unrestricted, the argmax would leave the text ids [0, 40).
+    free = np.argmax(logits[np.arange(3), prefix_len - 1], axis=-1)
+    assert (free >= vocab).any()
+
+
+def test_caption_bad_inputs():
+    cfg = get_config("gato_tiny")
+    images = np.zeros((1, 48, 48, 3), np.uint8)
+    with pytest.raises(ValueError, match="text action field"):
+        evaluate.caption_inputs(get_task("cartpole", cfg.tokenizer).spec, images)
+    with pytest.raises(ValueError, match="max_tokens"):
+        evaluate.caption_inputs(get_task("vl_shapes", cfg.tokenizer).spec, images, 99)
+    short = dataclasses.replace(cfg.tokenizer, seq_len=16)
+    with pytest.raises(ValueError, match="window of 16 tokens"):
+        evaluate.caption_inputs(get_task("vl_shapes", short).spec, images)
+    assert evaluate.cut_caption("a red square in the top . a blue") == "a red square in the top ."
+    assert evaluate.cut_caption(" no end") == "no end"

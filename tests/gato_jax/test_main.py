@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core_jax.metrics import read_metrics
@@ -90,3 +91,43 @@ def test_kill_and_resume_reproduces_losses_bit_for_bit(tmp_path):
         # loss and the number of target tokens: same parameters and same data, in order.
         for key in ("loss", "num_tokens", "grad_norm"):
             assert got[step][key] == expected[step][key], (step, key)
+
+
+def test_parse_gen_spec():
+    from gato_jax.datagen import parse_gen_spec
+
+    assert parse_gen_spec("gen:/d/x") == ("/d/x", None, {})
+    assert parse_gen_spec("gen:/d/x:cartpole*3,vl_shapes") == (
+        "/d/x",
+        ["cartpole", "vl_shapes"],
+        {"cartpole": 3.0},
+    )
+    assert parse_gen_spec("gen:c:/d:x/y") == ("c:/d:x/y", None, {})  # ':' inside the path
+    with pytest.raises(ValueError, match="not a number"):
+        parse_gen_spec("gen:/d:cartpole*x")
+    with pytest.raises(ValueError, match="empty task name"):
+        parse_gen_spec("gen:/d:cartpole,")
+    with pytest.raises(ValueError, match="empty directory"):
+        parse_gen_spec("gen:")
+
+
+def test_trains_on_generated_dir_with_text_tasks(tmp_path):
+    """`--data gen:DIR:...` reads the tasks' own specs and DIR's tokenizer: captions (text
+    actions) and corpus text (text observations) are loss targets of the same run."""
+    pytest.importorskip("tensorflow_datasets")
+    from gato_jax import datagen
+    from gato_jax import main as train_main
+
+    data = tmp_path / "data"
+    datagen.generate(["vl_shapes", "text_corpus"], 2, str(data), quiet=True)
+    run = tmp_path / "run"
+    argv = ["--config", "gato_tiny", "--workdir", str(run), "--num_steps", "2", "--quiet"]
+    argv += ["--data", f"gen:{data}:vl_shapes*2,text_corpus", "--set", "data_threads=0"]
+    argv += ["--set", "batch_size=8", "--set", "log_every=1"]
+    assert train_main.main(argv) == 0
+    last = rows(run)[2]
+    assert last["action_tokens"] > 0 and last["text_tokens"] > 0  # captions, corpus text
+    assert np.isfinite(last["loss"])
+    assert (run / "tokenizer.model").read_bytes() == (data / "tokenizer.model").read_bytes()
+    with pytest.raises(SystemExit):
+        train_main.main(["--config", "gato_tiny", "--data", "gen:", "--workdir", str(run)])
