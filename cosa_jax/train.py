@@ -180,6 +180,12 @@ def make_train_state(cfg: CoSAConfig, data: Dataset | MSABatch, seed: int) -> Co
       ValueError: feature dims or task disagree with ``cfg.data``.
     """
     dims, lengths = _dims(cfg, data)
+    return _init_state(cfg, dims, lengths, jnp.asarray(seed, jnp.int32))
+
+
+def _init_state_impl(
+    cfg: CoSAConfig, dims: tuple[int, ...], lengths: tuple[int, ...], seed: Array
+) -> CoSAState:
     b, e = cfg.data.batch_size, cfg.model.emb_dim
     model, actor, critic = _modules(cfg, dims)
     root = jax.random.key(seed)
@@ -237,7 +243,7 @@ def make_train_state(cfg: CoSAConfig, data: Dataset | MSABatch, seed: int) -> Co
         plateau_best=jnp.asarray(jnp.inf, jnp.float32),
         plateau_bad=jnp.zeros((), jnp.int32),
         rng=jax.random.key_data(k_run),
-        seed=jnp.asarray(seed, jnp.int32),
+        seed=seed,
         buffer=buf,
         pending=pending,
         pending_valid=jnp.zeros((), bool),
@@ -247,6 +253,12 @@ def make_train_state(cfg: CoSAConfig, data: Dataset | MSABatch, seed: int) -> Co
         best_batch_stats=_copy({"actor": bs_actor}),
         cfg=cfg,
     )
+
+
+# One compiled program for the whole initialisation: run op by op, the ~hundreds of eager
+# dispatches each leave a cached executable behind (~600 MB of resident memory for the IEMOCAP
+# config, measured in benchmarks/cosa_epoch.py) and take longer.
+_init_state = jax.jit(_init_state_impl, static_argnums=(0, 1, 2))
 
 
 # ----------------------------------------------------------------------------------------- losses
