@@ -26,6 +26,7 @@ BENCHMARKS = {
     "cosa_epoch": "benchmarks.cosa_epoch",
     "gato_control": "benchmarks.gato_control",
     "env_steps": "benchmarks.env_steps",
+    "evol_explore": "benchmarks.evol_explore",
 }
 
 
