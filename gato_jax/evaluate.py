@@ -17,7 +17,8 @@ For every environment task (:mod:`gato_jax.tasks`):
 
 ``vl`` / ``text`` tasks have no environment and no return: their row reports the per-token
 perplexity of the text (captions / sentences) under the model, teacher-forced, on
-``--episodes`` freshly sampled episodes (seeds from ``seed``), and no normalised score. For
+``--episodes`` freshly sampled episodes (seeds from ``sample_seed + seed``, default
+3,000,000: disjoint from the generator's seeds, so held out), and no normalised score. For
 ``vl`` tasks (``image | caption``) every image of those episodes is also captioned greedily
 (:func:`decode_captions`: KV-cached, restricted to the text vocabulary, cut at the first ".")
 and compared with its reference: exact-match rate, token accuracy and sample pairs (printed
@@ -47,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gato_jax.policy import GatoPolicy, load_checkpoint
+
+SAMPLE_SEED = 3_000_000  # first seed of evaluated vl / text episodes (held out from datagen's)
 
 
 def normalized_score(episode_return: float, random_return: float, expert_return: float) -> float:
@@ -405,6 +408,7 @@ def evaluate(
     episodes: int,
     seed: int = 0,
     demo_seed: int = 2_000_000,
+    sample_seed: int = SAMPLE_SEED,
     demo_attempts: int = 5,
     demo_min_score: float = 80.0,
     max_steps: int | None = None,
@@ -428,7 +432,10 @@ def evaluate(
     rows = []
     for task in tasks:
         t0 = time.perf_counter()
-        seeds = [seed + i for i in range(episodes)]
+        # vl / text episodes are sampled from seeds far from the generator's (datagen uses
+        # 0, 1, ...), so captions are of images the model was not trained on.
+        first = seed if task.has_env else sample_seed + seed
+        seeds = [first + i for i in range(episodes)]
         row: dict[str, Any] = {"task": task.name, "domain": task.domain, "episodes": episodes}
         if not task.has_env:
             row.update(text_perplexity(cfg.model, params, task, seeds, tokenizer))
@@ -597,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="first rollout seed")
     parser.add_argument("--demo_seed", type=int, default=2_000_000, help="first demo seed")
+    parser.add_argument(
+        "--sample_seed", type=int, default=SAMPLE_SEED, help="first vl/text sample seed"
+    )
     parser.add_argument("--max_steps", type=int, help="cap episode length (default: the task's)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--prompt_tokens", type=int, help="default: the checkpoint's config")
@@ -613,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             episodes=args.episodes,
             seed=args.seed,
             demo_seed=args.demo_seed,
+            sample_seed=args.sample_seed,
             max_steps=args.max_steps,
             temperature=args.temperature,
             prompt_tokens=args.prompt_tokens,
