@@ -121,7 +121,9 @@ class BabyAI(Env):
       max_rounds: steps per episode before truncation (AgentGym's client uses 20); None = no limit.
       max_obs_len: token buffer length of an observation.
       max_words: word buffer length of an observation (`MAX_WORDS`).
-      bfs_queue: ring-buffer length of the action search (`babyai_core.QUEUE`).
+      bfs_queue: None (default): the layer-by-layer action search (`babyai_core._bfs`); an int:
+        upstream's sequential queue with a ring buffer of that length (`babyai_core.QUEUE`; the
+        slower reference, `babyai_core._bfs_sequential`). Both give upstream's plans.
       codec: the environment tokenizer (default: the shipped model).
 
     A state whose observation or search did not fit has ``state.overflow`` set (device); the host
@@ -134,15 +136,15 @@ class BabyAI(Env):
         max_rounds: int | None = 20,
         max_obs_len: int = 2048,
         max_words: int = MAX_WORDS,
-        bfs_queue: int = core.QUEUE,
+        bfs_queue: int | None = None,
         codec: TextCodec | None = None,
     ):
         for opt, v, lo in (("max_obs_len", max_obs_len, 64), ("max_words", max_words, 64),
-                           ("bfs_queue", bfs_queue, 16)):  # fmt: skip
+                           ("bfs_queue", 16 if bfs_queue is None else bfs_queue, 16)):  # fmt: skip
             if int(v) < lo:
                 raise ValueError(f"babyai: {opt}={v} must be >= {lo}")
         self.max_words = int(max_words)
-        self.bfs_queue = int(bfs_queue)
+        self.bfs_queue = None if bfs_queue is None else int(bfs_queue)
         self.name = "babyai"
         self.num_actions = core.NUM_ACTIONS
         self.max_obs_len = max_obs_len
@@ -392,6 +394,12 @@ class BabyAI(Env):
         if not bool(state.overflow):
             return
         if bool(state.an.overflow):
+            if self.bfs_queue is None:
+                raise BufferOverflow(
+                    "babyai: the layer-by-layer action search met a window outside its proven "
+                    "case (a state's entries on both sides of a successor's first entry); build "
+                    "the env with BabyAI(bfs_queue=1024) (upstream's sequential queue)"
+                )
             raise BufferOverflow(
                 f"babyai: the action search needed more than bfs_queue={self.bfs_queue} live "
                 "queue entries; build the env with a larger BabyAI(bfs_queue=...)"

@@ -9,7 +9,9 @@ AgentGym's high-level actions are compiled exactly as upstream's ``find_path``: 
 search over (position, direction) in the agent's frame, with duplicate queue entries and parent
 pointers overwritten by every later push before a state's first pop. The search does not depend on
 the target, so one exhaustive search per observation gives every object's plan: the target's plan is
-the one of the goal state popped first.
+the one of the goal state popped first. The search runs one BFS layer per iteration with dense ops
+over the states (`_bfs`), reproducing the queue's pop order and parent overwrites exactly; the
+sequential queue (`_bfs_sequential`, one pop per iteration) is kept as the reference.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ MAXS = 22  # largest BabyAI grid (BossLevel: 3x3 rooms of 8)
 VIEW = 7
 K = 48  # object slots: every cell of the view but the agent's
 MAX_OBJ = 64  # object ids (doors, keys, balls, boxes, box contents); 0 = none
-# BFS queue: a ring buffer of the *live* entries (popped ones are overwritten). Upstream's FIFO
+# Sequential reference search (`_bfs_sequential`, `BabyAI(bfs_queue=...)`): a ring buffer of the
+# *live* entries (popped ones are overwritten). Upstream's FIFO
 # keeps duplicate entries, so the total number of pushes reaches ~2,000 on cluttered windows
 # (random and adversarial search; the 1,024-entry linear buffer of earlier versions overflowed on
-# 12 recorded episodes); the live length stays far lower (see `BFS_LIVE_MAX`). Overflow is
-# detected, never silent (`Analysis.overflow`).
+# 12 recorded episodes); the live length stays far lower (< 256 on the tests' cluttered windows).
+# Overflow is detected, never silent (`Analysis.overflow`).
 QUEUE = 1024
 PMAX = 64  # longest primitive plan
 NS = 8 * 8 * 4  # BFS states: f in [-1, 6], r in [-3, 4], relative direction
@@ -147,14 +150,16 @@ class Analysis:
     barrier_type: jax.Array  # int32 []
     parent: jax.Array  # int32 [NS] BFS parent pointers
     pact: jax.Array  # int32 [NS] primitive leading to the state
-    first: jax.Array  # int32 [NS] first-pop order (big if never popped)
+    first: jax.Array  # int32 [NS] first-pop layer (big if never popped); sequential: pop order
+    first_key: jax.Array  # int32 [NS] order of the first pops within a layer (sequential: 0)
     goal_front: jax.Array  # int32 [K] BFS goal state facing the object (-1 none)
     goal_arrive: jax.Array  # int32 [K] BFS goal state on the object (-1 none)
     legal: jax.Array  # bool [NUM_ACTIONS]
     num: jax.Array  # int32 [NUM_ACTIONS] the number in each action's text
     order: jax.Array  # int32 [NUM_ACTIONS] upstream's listing order key
     front_occupied: jax.Array  # bool []
-    overflow: jax.Array  # bool [] more BFS queue entries live than the ring buffer holds
+    overflow: jax.Array  # bool [] the search is not upstream's: a straddle (layered `_bfs`) or
+    # more queue entries live than the ring buffer holds (sequential reference)
 
 
 # ----------------------------------------------------------------------------- view
@@ -405,8 +410,114 @@ def prim_step(w: World, action):
 # ----------------------------------------------------------------------------- analysis
 
 
-def _bfs(obst, in_range, queue_size: int = QUEUE):
-    """Upstream's ``find_path`` search run to exhaustion (all targets at once).
+def _predecessors() -> np.ndarray:
+    """[NS, 3] the state whose action (forward, left, right) leads to each state (-1 none)."""
+    pred = np.full((NS, 3), -1, np.int32)
+    for s in range(NS):
+        for a in range(3):
+            if NEIGHBOURS[s, a] >= 0:
+                pred[NEIGHBOURS[s, a], a] = s
+    return pred
+
+
+PREDECESSORS = _predecessors()
+# Entry keys: a rank (< 2 NS) with base-3 action digits appended, re-ranked every KEY_BLOCK layers
+# (2 NS * 3**13 < 2**31).
+KEY_BLOCK = 13
+_NO_KEY = np.int32(2**31 - 1)
+
+
+def _bfs(obst, in_range):
+    """Upstream's ``find_path`` search run to exhaustion (all targets at once), layer by layer.
+
+    Upstream's FIFO keeps duplicate entries and overwrites a state's parent at every push before
+    its first pop. The entries pushed while popping the entries of depth ``d`` are those of depth
+    ``d + 1``, in pop order, so an entry's position in its layer is the lexicographic order of its
+    action string (forward < left < right). An entry of state ``s`` pushes the successor ``t`` iff
+    ``t`` is free and not popped yet: not popped in an earlier layer and not first entered in this
+    layer before that entry. A state's entries of one layer all lie on the same side of the first
+    entry of each of its successors (checked: a straddle sets ``over``), so a state is summarised
+    per layer by the positions of its first and last entries (integer keys: a rank with the action
+    digits of the last layers appended, re-ranked every `KEY_BLOCK` layers):
+
+    * first pops: the first entries of not-yet-popped states, in (layer, key) order;
+    * the first / last entry of ``t`` in the next layer: the first / last entry of its lowest /
+      highest pushing predecessor with the action appended;
+    * parent (and action): the pusher of the last push, i.e. the pushing predecessor with the
+      highest last entry in the last layer that pushes ``t`` (all pushes precede its first pop).
+
+    Each layer is a few dense ops over the ``NS`` states: one iteration per layer (<= ~40 on
+    BabyAI windows) instead of one per pop (~700). Equal to `_bfs_sequential` and to a Python
+    deque copy of upstream's search (tests).
+
+    Args:
+      obst: bool [8, 8] obstacles in the agent frame (fi = front + 1, ri = right + 3).
+      in_range: bool [8, 8] upstream's search window in the same frame.
+
+    Returns:
+      parent int32 [NS], pact int32 [NS] (primitive into the state), first int32 [NS] (layer of
+      the first pop, ``1 << 20`` if never popped), first_key int32 [NS] (order of the first pops
+      within a layer), over bool [] (a straddle: the result is then not upstream's and must not
+      be used).
+    """
+    pred = jnp.asarray(PREDECESSORS)  # [NS, 3]
+    has_pred = pred >= 0
+    pc = jnp.maximum(pred, 0)
+    acts = jnp.asarray(_BFS_ACTIONS)
+    free = jnp.repeat((in_range & ~obst).reshape(-1), 4)  # [NS]
+    a3 = jnp.arange(3, dtype=jnp.int32)[None, :]
+
+    def layer(c):
+        in_l, fk, lk, popped, first, first_key, parent, pact, depth, over, j = c
+        new = in_l & ~popped
+        first = jnp.where(new, depth, first)
+        first_key = jnp.where(new, fk, first_key)
+        # pushes into t from its predecessor s = pred[t, a], by the entries of s in this layer
+        s_in = has_pred & in_l[pc]
+        fs, ls = fk[pc], lk[pc]  # [NS, 3]
+        ft = fk[:, None]
+        t_in = in_l[:, None]
+        before = ls < ft  # every entry of s precedes t's first entry
+        straddle = s_in & t_in & ~popped[:, None] & (fs < ft) & ~before
+        ok = s_in & (free & ~popped)[:, None] & (~t_in | before)  # [NS, 3]
+        anyp = jnp.any(ok, 1)
+        kl = jnp.where(ok, ls * 3 + a3, -1)
+        hi = jnp.argmax(kl, 1)
+        parent = jnp.where(anyp, jnp.take_along_axis(pc, hi[:, None], 1)[:, 0], parent)
+        pact = jnp.where(anyp, acts[hi], pact)
+        fk = jnp.where(anyp, jnp.min(jnp.where(ok, fs * 3 + a3, _NO_KEY), 1), 0)
+        lk = jnp.where(anyp, jnp.max(kl, 1), 0)
+        over = over | jnp.any(straddle)
+        return anyp, fk, lk, popped | in_l, first, first_key, parent, pact, depth + 1, over, j + 1
+
+    def block(c):
+        c = jax.lax.while_loop(lambda c: jnp.any(c[0]) & (c[10] < KEY_BLOCK), layer, c)
+        in_l, fk, lk = c[:3]
+        # re-rank the keys (order kept, < 2 NS)
+        keys = jnp.sort(jnp.where(jnp.tile(in_l, 2), jnp.concatenate([fk, lk]), _NO_KEY))
+        fk = jnp.where(in_l, jnp.searchsorted(keys, fk).astype(jnp.int32), 0)
+        lk = jnp.where(in_l, jnp.searchsorted(keys, lk).astype(jnp.int32), 0)
+        return (in_l, fk, lk) + c[3:10] + (jnp.int32(0),)
+
+    init = (
+        jnp.zeros((NS,), bool).at[_INIT].set(True),
+        jnp.zeros((NS,), jnp.int32),
+        jnp.zeros((NS,), jnp.int32),
+        jnp.zeros((NS,), bool),
+        jnp.full((NS,), 1 << 20, jnp.int32),
+        jnp.zeros((NS,), jnp.int32),
+        jnp.full((NS,), -1, jnp.int32),
+        jnp.zeros((NS,), jnp.int32),
+        jnp.int32(0),
+        jnp.bool_(False),
+        jnp.int32(0),
+    )
+    out = jax.lax.while_loop(lambda c: jnp.any(c[0]), block, init)
+    return out[6], out[7], out[4], out[5], out[9]
+
+
+def _bfs_sequential(obst, in_range, queue_size: int = QUEUE):
+    """Upstream's ``find_path`` search popped one entry at a time (the reference for `_bfs`).
 
     The FIFO queue is a ring buffer of ``queue_size`` entries; ``over`` is set when more than
     ``queue_size`` entries are live at once (the result is then wrong and flagged).
@@ -455,8 +566,11 @@ def _bfs(obst, in_range, queue_size: int = QUEUE):
     return out[5], out[6], out[4], out[8]
 
 
-def _goal_state(first, fr, arrive):
-    """The first-popped goal state for a target at (front, right) in the agent frame."""
+def _goal_state(first, first_key, fr, arrive):
+    """The first-popped goal state for a target at (front, right) in the agent frame.
+
+    ``first`` / ``first_key``: the first pop's layer and its order within the layer (`_bfs`).
+    """
     tf, tr = fr[0] + 1, fr[1] + 3
     rel = jnp.asarray(_REL_MOVE)
     rd = jnp.arange(4)
@@ -464,12 +578,13 @@ def _goal_state(first, fr, arrive):
     pr = jnp.where(arrive, tr, tr - rel[:, 1])
     ok = (pf >= 0) & (pf < 8) & (pr >= 0) & (pr < 8)
     s = (jnp.clip(pf, 0, 7) * 8 + jnp.clip(pr, 0, 7)) * 4 + rd
-    order = jnp.where(ok, first[s], 1 << 20)
-    best = jnp.argmin(order)
-    return jnp.where(order[best] < (1 << 20), s[best], -1)
+    lay = jnp.where(ok, first[s], 1 << 20)
+    best_layer = jnp.min(lay)
+    best = jnp.argmin(jnp.where(lay == best_layer, first_key[s], _NO_KEY))
+    return jnp.where(best_layer < (1 << 20), s[best], -1)
 
 
-def analyse(w: World, image: jax.Array | None = None, queue_size: int = QUEUE) -> Analysis:
+def analyse(w: World, image: jax.Array | None = None, queue_size: int | None = None) -> Analysis:
     """AgentGym's ``postprocess_obs`` on device.
 
     Args:
@@ -478,7 +593,8 @@ def analyse(w: World, image: jax.Array | None = None, queue_size: int = QUEUE) -
         ``view_image(w)``. Upstream's reset of the ``start_carrying`` levels (PutNext...Carrying)
         post-processes the image minigrid rendered *before* the carried object was lifted from
         the grid, while the carried object (``You are carrying ...``, ``drop``) is the current one.
-      queue_size: BFS ring-buffer length (static; `QUEUE`).
+      queue_size: None (default): the layer-by-layer search `_bfs`; an int (static): upstream's
+        sequential queue `_bfs_sequential` with a ring buffer of that length (the reference).
     """
     img = view_image(w) if image is None else jnp.asarray(image, jnp.int32)
     xy = view_coords(w.agent_pos, w.agent_dir)
@@ -526,9 +642,13 @@ def analyse(w: World, image: jax.Array | None = None, queue_size: int = QUEUE) -
     obst = jnp.zeros((8, 8), bool).at[1:8, 0:7].set(obst_v[:, ::-1].T)
     # obst_v is [vis_i, vis_j]; frame [fi, ri]: fi = 7 - vis_j, ri = vis_i
     in_range = jnp.asarray(IN_RANGE)[w.agent_dir]
-    parent, pact, first, overflow = _bfs(obst, in_range, queue_size)
-    goal_front = jax.vmap(lambda fr: _goal_state(first, fr, False))(slot_fr)
-    goal_arrive = jax.vmap(lambda fr: _goal_state(first, fr, True))(slot_fr)
+    if queue_size is None:
+        parent, pact, first, first_key, overflow = _bfs(obst, in_range)
+    else:
+        parent, pact, first, overflow = _bfs_sequential(obst, in_range, queue_size)
+        first_key = jnp.zeros_like(first)  # the pop counter alone orders the first pops
+    goal_front = jax.vmap(lambda fr: _goal_state(first, first_key, fr, False))(slot_fr)
+    goal_arrive = jax.vmap(lambda fr: _goal_state(first, first_key, fr, True))(slot_fr)
     goal_front = jnp.where(slot_ok, goal_front, -1)
     goal_arrive = jnp.where(slot_ok, goal_arrive, -1)
     # action table
@@ -597,6 +717,7 @@ def analyse(w: World, image: jax.Array | None = None, queue_size: int = QUEUE) -
         parent=parent,
         pact=pact,
         first=first,
+        first_key=first_key,
         goal_front=goal_front.astype(jnp.int32),
         goal_arrive=goal_arrive.astype(jnp.int32),
         legal=legal,

@@ -477,32 +477,100 @@ _CLUTTERED = ((0, 0, 0, 0, 0, 16, 0, 0), (140, 44, 82, 32, 64, 1, 176, 10),
               (2, 70, 57, 4, 132, 32, 18, 7), (0, 0, 0, 2, 16, 0, 1, 4))  # fmt: skip
 
 
-def test_bfs_ring_buffer_matches_reference_on_cluttered_windows():
-    """The on-device search == the deque reference (first-pop order, parents, actions) on fresh
-    random windows and on windows where upstream pushes > 1,024 entries; a small ring is flagged."""
-    rng = np.random.default_rng()
+def _windows(n_random, rng):
+    """(obstacles [8, 8], direction) of the cluttered windows and of fresh random ones."""
     maps = []
     for rows in _CLUTTERED:
         obst = np.array([[(r >> (7 - j)) & 1 for j in range(8)] for r in rows], bool)
         maps.append((obst, 1))
-    for _ in range(8):
-        obst = rng.random((8, 8)) < rng.uniform(0.0, 0.4)
+    for _ in range(n_random):
+        obst = rng.random((8, 8)) < rng.uniform(0.0, 0.6)
         obst[1, 3] = False  # the agent's cell
         maps.append((obst, int(rng.integers(4))))
+    return maps
+
+
+def _pop_counter(first, first_key):
+    """Upstream's first-pop counter from the layered search's (layer, key) order."""
+    reached = np.where(first < (1 << 20))[0]
+    order = reached[np.lexsort((first_key[reached], first[reached]))]
+    out = np.full(core.NS, 1 << 20)
+    out[order] = np.arange(len(order))
+    return out
+
+
+def test_bfs_ring_buffer_matches_reference_on_cluttered_windows():
+    """The sequential on-device search == the deque reference (first-pop order, parents,
+    actions) on fresh random windows and on windows where upstream pushes > 1,024 entries; a
+    small ring is flagged."""
+    maps = _windows(8, np.random.default_rng())
     refs = [_bfs_reference(o, d) for o, d in maps]
     assert all(r[3] > 1024 for r in refs[: len(_CLUTTERED)])
     assert max(r[4] for r in refs) < core.QUEUE // 4  # live entries: far below the ring
     obst = jnp.asarray(np.stack([m[0] for m in maps]))
     in_range = jnp.asarray(core.IN_RANGE[[m[1] for m in maps]])
-    parent, pact, first, over = jax.device_get(jax.jit(jax.vmap(core._bfs))(obst, in_range))
+    parent, pact, first, over = jax.device_get(
+        jax.jit(jax.vmap(core._bfs_sequential))(obst, in_range)
+    )
     for i, (p_ref, a_ref, f_ref, _, _) in enumerate(refs):
         reached = f_ref < (1 << 20)
         assert np.array_equal(first[i], f_ref), i
         assert np.array_equal(parent[i][reached], p_ref[reached]), i
         assert np.array_equal(pact[i][reached], a_ref[reached]), i
         assert not over[i]
-    *_, over = jax.jit(lambda o, r: core._bfs(o, r, 8))(obst[0], in_range[0])
+    *_, over = jax.jit(lambda o, r: core._bfs_sequential(o, r, 8))(obst[0], in_range[0])
     assert bool(over)
+
+
+def test_layered_bfs_equals_upstream_queue():
+    """The layer-by-layer search == the deque copy of upstream's queue and the sequential
+    on-device search: same visited set, first-pop order, parents and actions (hence plans), on
+    the cluttered windows (> 1,024 pushes) and on fresh random windows of every density and
+    direction; jit == eager; one trace for all windows."""
+    rng = np.random.default_rng()
+    maps = _windows(192, rng)
+    refs = [_bfs_reference(o, d) for o, d in maps]
+    obst = jnp.asarray(np.stack([m[0] for m in maps]))
+    in_range = jnp.asarray(core.IN_RANGE[[m[1] for m in maps]])
+    layered = chex.assert_max_traces(core._bfs, n=1)
+    parent, pact, first, key, over = jax.device_get(jax.jit(jax.vmap(layered))(obst, in_range))
+    s_parent, s_pact, s_first, _ = jax.device_get(
+        jax.jit(jax.vmap(core._bfs_sequential))(obst, in_range)
+    )
+    for i, (p_ref, a_ref, f_ref, _, _) in enumerate(refs):
+        reached = f_ref < (1 << 20)
+        assert np.array_equal(first[i] < (1 << 20), reached), i
+        assert np.array_equal(_pop_counter(first[i], key[i]), f_ref), i
+        assert np.array_equal(_pop_counter(first[i], key[i]), s_first[i]), i
+        assert np.array_equal(parent[i][reached], p_ref[reached]), i
+        assert np.array_equal(pact[i][reached], a_ref[reached]), i
+        assert np.array_equal(parent[i][reached], s_parent[i][reached]), i
+        assert np.array_equal(pact[i][reached], s_pact[i][reached]), i
+        assert not over[i]
+    eager = jax.device_get(core._bfs(obst[-1], in_range[-1]))
+    for x, y in zip(eager, (parent[-1], pact[-1], first[-1], key[-1], over[-1]), strict=True):
+        assert np.array_equal(x, y)
+
+
+def test_layered_and_sequential_search_give_the_same_analysis():
+    """`analyse` with the layered search == with the sequential queue on real BabyAI states
+    (goal states, hence every plan, legal actions)."""
+    acts = jnp.arange(core.NUM_ACTIONS)
+
+    def plans(queue_size):
+        def f(w):
+            an = core.analyse(w, None, queue_size)
+            return an, jax.vmap(lambda act: core.plan_for(an, act))(acts)
+
+        return jax.jit(f)
+
+    layered, sequential = plans(None), plans(core.QUEUE)
+    for level, seed in ((2, 0), (22, 1), (23, 2), (10, 3), (39, 4)):
+        w, _ = world_from_minigrid(make_minigrid(level, seed))
+        (a, pa), (b, pb) = layered(w), sequential(w)
+        for f in ("goal_front", "goal_arrive", "legal", "num", "order"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), (level, f)
+        assert np.array_equal(pa[0], pb[0]) and np.array_equal(pa[1], pb[1]), level
 
 
 def test_reset_image_of_start_carrying_levels():
@@ -531,7 +599,7 @@ def test_small_buffers_overflow_with_a_clear_error():
 
     with pytest.raises(ValueError, match="max_words=3 must be >= 64"):
         BabyAI(max_words=3)
-    with pytest.raises(ValueError, match="bfs_queue=0 must be >= 16"):
+    with pytest.raises(ValueError, match="bfs_queue=0 must be >= 16"):  # the sequential search
         BabyAI(bfs_queue=0)
     small = BabyAI(agentgym_compat=True, max_words=64)
     s, _ = small.reset_from_minigrid(level=2, seed=0)  # ~120 words
@@ -540,3 +608,13 @@ def test_small_buffers_overflow_with_a_clear_error():
         small.render_text(s)
     with pytest.raises(BufferOverflow, match="max_words=64"):
         small.available_actions(s)
+    # a flagged search names the search and the way out (the sequential queue)
+    env = BabyAI(agentgym_compat=True)
+    s, _ = env.reset_from_minigrid(level=2, seed=0)
+    assert not bool(s.overflow)
+    bad = s.replace(overflow=jnp.bool_(True), an=s.an.replace(overflow=jnp.bool_(True)))
+    with pytest.raises(BufferOverflow, match=r"layer-by-layer .*bfs_queue=1024"):
+        env.render_text(bad)
+    seq = BabyAI(agentgym_compat=True, bfs_queue=1024)
+    with pytest.raises(BufferOverflow, match="bfs_queue=1024 live"):
+        seq.render_text(bad)
