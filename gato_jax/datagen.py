@@ -4,6 +4,8 @@
         --episodes 20 --out /tmp/gato_data [--seed 0] [--max_steps 100]
     python -m gato_jax.main --config gato_tiny --workdir /tmp/run \
         --data "$(cat /tmp/gato_data/data_spec.txt)" [--set expert_fraction=0]
+    # every task, text included (the tasks' own specs and OUT/tokenizer.model):
+    python -m gato_jax.main --config gato_tiny --workdir /tmp/run --data gen:/tmp/gato_data
 
 (The pipeline's expert filter keeps, per task, episodes within 20% of the best windowed return,
 ``E - 0.2|E|``; ``expert_fraction=0`` keeps every episode.) From Python, with the tasks' own
@@ -609,8 +611,9 @@ def _print_report(report: Mapping[str, Any]) -> None:
     print(report["data"])
     if text_tasks:
         print(
-            f"(left out: {', '.join(text_tasks)}, whose steps hold text: read them with explicit "
-            "specs and a text tokenizer, gato_jax.datagen.sources(DIR) + load_tokenizer(DIR).)"
+            f"(left out: {', '.join(text_tasks)}, whose steps hold text: train on every task "
+            "with --data gen:OUT (the --out directory), which reads the tasks' own specs and "
+            "the tokenizer; from Python, sources(OUT) + load_tokenizer(OUT).)"
         )
 
 
