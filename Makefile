@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-core demo-cosa test lint format bench clean
+.PHONY: venv demo demo-core demo-cosa demo-gato demo-evol test lint format bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,14 +18,21 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 venv: $(STAMP)
 
 # The main jobs end to end on embedded defaults: the shared transformer on a built-in task
-# (~2-3 min on CPU), then Co-SA on a synthetic IEMOCAP-layout dataset (~1 min).
-demo: demo-core demo-cosa
+# (~2-3 min on CPU), Co-SA on a synthetic IEMOCAP-layout dataset (~1 min), the mini-Gato
+# (expert data -> training -> prompted evaluation, ~5 min) and AgentEvol on Maze (~6 min).
+demo: demo-core demo-cosa demo-gato demo-evol
 
 demo-core: $(STAMP)
 	$(PY) -m core_jax.demo --workdir runs/demo
 
 demo-cosa: $(STAMP)
 	$(PY) -m cosa_jax.demo --workdir runs/cosa_demo
+
+demo-gato: $(STAMP)
+	$(PY) -m gato_jax.demo --workdir runs/gato_demo
+
+demo-evol: $(STAMP)
+	$(PY) -m evol_jax.demo --workdir runs/evol_demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
