@@ -83,7 +83,7 @@ def gpu_peak_tflops(device_kind: str) -> float | None:
     return None
 
 
-def make_jax_step(cfg: TransformerConfig):
+def _model_tx_loss(cfg: TransformerConfig):
     model = Transformer(cfg)
     tx = optax.adamw(
         ADAMW["learning_rate"],
@@ -96,6 +96,12 @@ def make_jax_step(cfg: TransformerConfig):
     def loss_fn(params, tokens):
         logits = model.apply({"params": params}, tokens[:, :-1])
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    return model, tx, loss_fn
+
+
+def make_jax_step(cfg: TransformerConfig):
+    model, tx, loss_fn = _model_tx_loss(cfg)
 
     def step(params, opt_state, tokens):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
@@ -119,19 +125,7 @@ def make_jax_split_step(cfg: TransformerConfig, params, opt_state, tokens):
     """
     from core_jax.optim import split_update_step
 
-    model = Transformer(cfg)
-    tx = optax.adamw(
-        ADAMW["learning_rate"],
-        b1=ADAMW["b1"],
-        b2=ADAMW["b2"],
-        eps=ADAMW["eps"],
-        weight_decay=ADAMW["weight_decay"],
-    )
-
-    def loss_fn(params, tokens):
-        logits = model.apply({"params": params}, tokens[:, :-1])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
+    _, tx, loss_fn = _model_tx_loss(cfg)
     t0 = time.perf_counter()
     step = split_update_step(jax.value_and_grad(loss_fn), tx, params, opt_state, tokens)
     return step, time.perf_counter() - t0
