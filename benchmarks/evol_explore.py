@@ -39,6 +39,16 @@ The three paths are timed interleaved (harness.time_interleaved) in one process,
 other jobs on the shared CPU slows them alike; ratios are ``device / sequential`` and
 ``host / sequential`` of episodes/s and generated tokens/s.
 
+Measured (benchmarks/results/evol_explore.json; 2-core CPU shared with other jobs, load average
+11 -> 3 during the run; 2-layer d=128 policy, 32 rows, 6 rounds, ~1,500-token AgentGym prompt):
+device 3.66 episodes/s (1.17x the sequential loop), host 0.73 (0.23x), sequential 3.13. At this
+size on CPU every path is prefill-bound: the sequential loop re-encodes ~1,500-1,800 tokens per
+turn, but a batch-1 PyTorch prefill of that length takes ~40 ms here, while the JAX forward costs
+~70 ms per row (``[8, 1509]``: 0.55 s JAX vs 1.06 s PyTorch, batch 1: 0.07 s JAX); the device path
+prefills once per episode, the host path re-prefills every turn over bucketed (+256) widths with
+a cache of width + max_new_tokens, hence its 0.23x. Compile: device 75 s, host 119 s (many
+prompt widths), on the loaded machine.
+
     python -m benchmarks.run --only evol_explore --out benchmarks/results
     python -m benchmarks.evol_explore --quick
 """
