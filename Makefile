@@ -19,7 +19,7 @@ venv: $(STAMP)
 
 # The main jobs end to end on embedded defaults: the shared transformer on a built-in task
 # (~2-3 min on CPU), Co-SA on a synthetic IEMOCAP-layout dataset (~1 min), the mini-Gato
-# (expert data -> training -> prompted evaluation, ~5 min) and AgentEvol on Maze (~6 min).
+# (expert data -> training -> prompted evaluation, ~4 min) and AgentEvol on Maze (~3.5 min).
 demo: demo-core demo-cosa demo-gato demo-evol
 
 demo-core: $(STAMP)
