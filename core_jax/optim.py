@@ -131,10 +131,9 @@ def split_update_step(
         return optax.apply_updates(params, updates), opt_state
 
     grad_c = jax.jit(value_and_grad_fn).lower(params, *batch).compile()
-    grads_shape = jax.eval_shape(value_and_grad_fn, params, *batch)[1]
     update_c = (
         jax.jit(update, donate_argnums=(0, 1))
-        .lower(params, opt_state, grads_shape)
+        .lower(params, opt_state, params)  # gradients have the parameters' shapes and dtypes
         .compile(compiler_options=cpu_flags.optimizer_compiler_options() or None)
     )
 

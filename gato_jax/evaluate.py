@@ -286,13 +286,8 @@ def _caption_decoder(model_config, num_tokens: int, vocab: int):
         def body(carry, i):
             cache, lg = carry
             tok = pick(lg)
-            step = ModelInputs(
-                tokens=tok[:, None],
-                local_positions=jax.lax.dynamic_slice_in_dim(caption_local, i, 1, axis=1),
-                patch_index=jnp.full((b, 1), -1, jnp.int32),
-                patches=jnp.zeros((b, 0, ps, ps, c), jnp.float32),
-                patch_rows=jnp.zeros((b, 0, 2), jnp.int32),
-                patch_cols=jnp.zeros((b, 0, 2), jnp.int32),
+            step = ModelInputs.token_step(
+                tok[:, None], jax.lax.dynamic_slice_in_dim(caption_local, i, 1, axis=1), ps, c
             )
             new_lg, cache = model.apply({"params": params}, step, cache=cache)
             return (cache, new_lg[:, 0]), tok

@@ -104,6 +104,20 @@ class ModelInputs(flax.struct.PyTreeNode):
     patch_rows: Any
     patch_cols: Any
 
+    @classmethod
+    def token_step(cls, tokens, local_positions, patch_size: int, channels: int) -> ModelInputs:
+        """One decode step of non-image tokens: ``tokens`` and ``local_positions`` ``[B, 1]``,
+        no patch slots (the model then skips the patch ResNet)."""
+        b = tokens.shape[0]
+        return cls(
+            tokens=tokens,
+            local_positions=local_positions,
+            patch_index=jnp.full((b, 1), -1, jnp.int32),
+            patches=jnp.zeros((b, 0, patch_size, patch_size, channels), jnp.float32),
+            patch_rows=jnp.zeros((b, 0, 2), jnp.int32),
+            patch_cols=jnp.zeros((b, 0, 2), jnp.int32),
+        )
+
 
 @dataclasses.dataclass
 class _Tokens:
@@ -463,7 +477,6 @@ class GatoPolicy:
         """
         self.trace_counts["act"] += 1
         n_act = self.num_action_tokens
-        b = self.batch_size
         active = (num_valid > 0).astype(jnp.int32)
         # Only the chunk's last real position needs logits: take its hidden state and project
         # it alone (the chunk's full logits are unused, so XLA drops them: a 33k-wide output
@@ -496,13 +509,8 @@ class GatoPolicy:
         def body(carry, i):
             cache, lg = carry
             tok = draw(i, lg)
-            step = ModelInputs(
-                tokens=tok[:, None],
-                local_positions=jax.lax.dynamic_slice_in_dim(act_local, i, 1, axis=1),
-                patch_index=jnp.full((b, 1), -1, jnp.int32),
-                patches=jnp.zeros((b, 0, ps, ps, c), jnp.float32),
-                patch_rows=jnp.zeros((b, 0, 2), jnp.int32),
-                patch_cols=jnp.zeros((b, 0, 2), jnp.int32),
+            step = ModelInputs.token_step(
+                tok[:, None], jax.lax.dynamic_slice_in_dim(act_local, i, 1, axis=1), ps, c
             )
             new_lg, cache = self.model.apply(
                 {"params": params}, step, cache=cache, num_valid=active
