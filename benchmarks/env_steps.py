@@ -88,6 +88,31 @@ def _indices(name: str, batch: int) -> jax.Array:
     return k * 40 + (BABYAI_LEVEL - 1) if name == "babyai" else k
 
 
+def pick_legal(u: jax.Array, legal: jax.Array) -> jax.Array:
+    """A uniformly random legal action id from one uniform draw ``u`` in [0, 1) (one env).
+
+    Returns the ``floor(u * n)``-th legal id (``n`` legal ids in ``legal``, bool [A], n >= 1):
+    one random number per env and step instead of one Gumbel draw per action id, so the
+    policy's cost (threefry bits and two logs for each of Wordle's 477 / TextCraft's 1,367 ids)
+    does not swamp the step it drives. The rank is found on the mask packed into 32-bit words
+    (popcounts, a short cumsum over words, then a select within the word) rather than a cumsum
+    over all ids, which XLA:CPU lowers to costly reduce-windows.
+    """
+    a = legal.shape[0]
+    w = -(-a // 32)
+    bits = jnp.pad(legal, (0, w * 32 - a)).reshape(w, 32).astype(jnp.uint32)
+    words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
+    count = jax.lax.population_count(words).astype(jnp.int32)
+    cum = jnp.cumsum(count)
+    n = cum[-1]
+    r = jnp.minimum((u * n).astype(jnp.int32), n - 1)
+    k = jnp.argmax(cum > r)
+    r = r - (cum[k] - count[k])
+    below = words[k] & ((jnp.uint32(2) << jnp.arange(32, dtype=jnp.uint32)) - 1)  # bits 0..j
+    j = jnp.argmax(jax.lax.population_count(below).astype(jnp.int32) > r)
+    return (k * 32 + j).astype(jnp.int32)
+
+
 def make_rollout(env, name: str, steps: int):
     """``rollout(state0, legal0, key) -> (steps, primitive steps, final state)``, batched.
 
@@ -95,9 +120,8 @@ def make_rollout(env, name: str, steps: int):
     """
     babyai = name == "babyai"
 
-    def one(state, legal, init, init_legal, key):
-        logits = jnp.where(legal, 0.0, -jnp.inf)
-        action = jax.random.categorical(key, logits).astype(jnp.int32)
+    def one(state, legal, init, init_legal, u):
+        action = pick_legal(u, legal)
         new, ts = env.step(state, action)
         prims = (
             jnp.maximum(new.world.step_count - state.world.step_count, 0)
@@ -116,7 +140,7 @@ def make_rollout(env, name: str, steps: int):
 
         def body(carry, k):
             s, legal, n_prim = carry
-            s, legal, prims = vone(s, legal, state0, legal0, jax.random.split(k, batch))
+            s, legal, prims = vone(s, legal, state0, legal0, jax.random.uniform(k, (batch,)))
             return (s, legal, n_prim + jnp.sum(prims)), None
 
         (s, _, n_prim), _ = jax.lax.scan(

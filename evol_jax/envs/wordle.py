@@ -731,6 +731,9 @@ class WordleEnv(Env):
         for i, w in enumerate(self.vocab):
             present[i, [ALPHABET.index(c) for c in set(w)]] = 1.0
         self._present = present
+        # letter bit sets for `consistent`: [5, V] the word's letter at each position, [V] all
+        self._word_bits = (np.uint32(1) << self._letters.T.astype(np.uint32)).astype(np.uint32)
+        self._word_set = np.bitwise_or.reduce(self._word_bits, axis=0).astype(np.uint32)
         self.codec = codec or TextCodec()
         self.words = [*START_TEXT.split(" "), *INVALID_TEXT.split(" "), "b", "y", "g"]
         self.words += ["b\n", "y\n", "g\n"]
@@ -745,23 +748,32 @@ class WordleEnv(Env):
 
         For each letter c: all POSSIBLE -> no constraint; all NOT_HERE -> c absent; otherwise c
         present, at every HERE position and at no NOT_HERE position.
+
+        Computed on 26-bit letter sets (bit c = letter c) rather than by gathering the knowledge
+        at each word's letters: per position p, the set of letters NOT_HERE at p and the set HERE
+        at p; a word (one letter bit per position, a constant) is consistent iff no letter of it
+        is NOT_HERE at its position, each HERE set equals the word's letter there (a HERE set of
+        two letters fails every word, as upstream), and the letters with mixed knowledge are a
+        subset of the word's letters. Only elementwise integer ops over [5, V], no gathers.
         """
-        letters = jnp.asarray(self._letters)  # [V, 5]
+        bit = jnp.uint32(1) << jnp.arange(26, dtype=jnp.uint32)  # [26]
+
+        def letter_set(flags):  # bool [26, ...] -> uint32 [...], bits are disjoint
+            return jnp.sum(
+                jnp.where(flags, bit.reshape((26,) + (1,) * (flags.ndim - 1)), 0),
+                axis=0,
+                dtype=jnp.uint32,
+            )
+
         all_p = jnp.all(knowledge == POSSIBLE, axis=1)
         all_n = jnp.all(knowledge == NOT_HERE, axis=1)
-        mixed = ~all_p & ~all_n  # [26]
-        here = knowledge == HERE  # [26, 5]
-        # Letters with mixed knowledge must all occur in the word.
-        need = jnp.asarray(self._present) @ mixed.astype(jnp.float32)
-        ok_present = need == jnp.sum(mixed)
-        # No letter of the word sits at a NOT_HERE position (covers all-NOT_HERE letters too).
-        k_at = knowledge[letters, jnp.arange(N_CHARS)[None, :]]  # [V, 5]
-        ok_not_here = jnp.all(k_at != NOT_HERE, axis=1)
-        # Every HERE position holds its letter.
-        n_here = jnp.sum(here, axis=0)  # [5]
-        here_at = here[letters, jnp.arange(N_CHARS)[None, :]]  # [V, 5]
-        ok_here = jnp.all(n_here[None, :] == here_at.astype(jnp.int32), axis=1)
-        return ok_present & ok_not_here & ok_here
+        mixed = letter_set(~all_p & ~all_n)  # []
+        not_here = letter_set(knowledge == NOT_HERE)[:, None]  # [5, 1]
+        here = letter_set(knowledge == HERE)[:, None]  # [5, 1]
+        word_bits = jnp.asarray(self._word_bits)  # [5, V]
+        ok_pos = ((word_bits & not_here) == 0) & ((word_bits & here) == here)
+        ok_present = (mixed & ~jnp.asarray(self._word_set)) == 0  # [V]
+        return jnp.all(ok_pos, axis=0) & ok_present
 
     def _timestep(self, s: WordleState, reward, truncated=False) -> TimeStep:
         fb = s.feedback
@@ -820,18 +832,45 @@ class WordleEnv(Env):
 
     @staticmethod
     def _transition(knowledge: jax.Array, guess: jax.Array, target: jax.Array) -> jax.Array:
-        """Upstream ``transition_state``: letters in order, each updating its own row."""
+        """Upstream ``transition_state``: letters in order, each updating its own row.
+
+        Rows are read and written with one-hot selects over the 26 letters (a dynamic row
+        update under vmap would be a scatter).
+        """
+        letters = jnp.arange(26)[:, None]
         for i in range(N_CHARS):
             c = guess[i]
-            row = knowledge[c]
+            sel = letters == c  # [26, 1]
+            row = jnp.sum(jnp.where(sel, knowledge, 0), axis=0)  # knowledge[c]
             in_target = jnp.any(target == c)
             new_row = jnp.where(
                 c == target[i],
                 row.at[i].set(HERE),
                 jnp.where(in_target, row.at[i].set(NOT_HERE), jnp.zeros_like(row)),
             )
-            knowledge = knowledge.at[c].set(new_row)
+            knowledge = jnp.where(sel, new_row[None, :], knowledge)
         return knowledge
+
+    @staticmethod
+    def _nth_true(mask: jax.Array, r: jax.Array) -> jax.Array:
+        """``argmax(cumsum(mask) > r)``: the (r+1)-th True of ``mask`` (0 if there is none).
+
+        Ranked on the mask packed into 32-bit words (popcounts, a cumsum over the words, a
+        select inside one word): XLA:CPU lowers a cumsum over all V entries to costly
+        reduce-windows.
+        """
+        v = mask.shape[0]
+        w = -(-v // 32)
+        bits = jnp.pad(mask, (0, w * 32 - v)).reshape(w, 32).astype(jnp.uint32)
+        words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
+        count = jax.lax.population_count(words).astype(jnp.int32)
+        cum = jnp.cumsum(count)
+        k = jnp.argmax(cum > r)
+        found = cum[-1] > r
+        rk = r - (cum[k] - count[k])
+        below = words[k] & ((jnp.uint32(2) << jnp.arange(32, dtype=jnp.uint32)) - 1)
+        j = jnp.argmax(jax.lax.population_count(below).astype(jnp.int32) > rk)
+        return jnp.where(found, k * 32 + j, 0).astype(jnp.int32)
 
     def step(self, state: WordleState, action: jax.Array) -> tuple[WordleState, TimeStep]:
         """One guess; ``action`` int32 [] in ``[0, V)``, any other id is an invalid string."""
@@ -841,7 +880,7 @@ class WordleEnv(Env):
         guess = letters[jnp.clip(action, 0, self.num_actions - 1)]
         n = jnp.sum(state.filtered).astype(jnp.int32)
         r, key, mt_pos = self._draw(state, n)
-        target = jnp.argmax(jnp.cumsum(state.filtered) > r).astype(jnp.int32)
+        target = self._nth_true(state.filtered, r)
         knowledge = self._transition(state.knowledge, guess, letters[target])
         filtered = self.consistent(knowledge)
         canon = jnp.asarray(self._canon)

@@ -25,11 +25,11 @@ def test_rollout_equals_python_loop_with_auto_reset():
     states = [row(state0, i) for i in range(batch)]
     legal = [np.asarray(ts0.legal_actions[i]) for i in range(batch)]
     resets = 0
+    pick = jax.jit(env_steps.pick_legal)
     for k in jax.random.split(key, steps):
-        ks = jax.random.split(k, batch)
+        u = jax.random.uniform(k, (batch,))
         for i in range(batch):
-            logits = jnp.where(jnp.asarray(legal[i]), 0.0, -jnp.inf)
-            a = jax.random.categorical(ks[i], logits).astype(jnp.int32)
+            a = pick(u[i], jnp.asarray(legal[i]))
             assert legal[i][int(a)]
             states[i], ts = step(states[i], a)
             if bool(ts.done):
@@ -41,3 +41,19 @@ def test_rollout_equals_python_loop_with_auto_reset():
     for i in range(batch):
         chex.assert_trees_all_equal(states[i], row(final, i))
     rollout(state0, ts0.legal_actions, key)  # same shapes: no retrace
+
+
+def test_pick_legal_is_the_floor_u_n_th_legal_id():
+    """pick_legal(u, legal) == the floor(u * n)-th legal id (n legal ids), any mask width."""
+    pick = jax.jit(env_steps.pick_legal)
+    rng = np.random.default_rng(0)
+    for width in (1, 31, 32, 33, 477):
+        for t in range(8):
+            legal = rng.random(width) < rng.random()
+            legal[rng.integers(width)] = True
+            u = np.float32(
+                [0.0, np.nextafter(np.float32(1), np.float32(0))][t] if t < 2 else rng.random()
+            )
+            ids = np.flatnonzero(legal)
+            want = ids[min(int(u * np.float32(len(ids))), len(ids) - 1)]
+            assert int(pick(jnp.float32(u), jnp.asarray(legal))) == want, (width, t)

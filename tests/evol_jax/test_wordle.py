@@ -221,3 +221,63 @@ def test_bad_vocab(tmp_path):
     (tmp_path / "e.txt").write_text("ab\n")
     with pytest.raises(ValueError, match="empty vocabulary"):
         make("wordle", vocab=str(tmp_path / "e.txt"))
+
+
+def _word_in_state(knowledge: np.ndarray, word: str) -> bool:
+    """Upstream ``WordleState.word_in_state``, letter by letter (host reference)."""
+    for c in range(26):
+        row = knowledge[c]
+        if (row == W.POSSIBLE).all():
+            continue
+        letter = W.ALPHABET[c]
+        if (row == W.NOT_HERE).all():
+            if letter in word:
+                return False
+            continue
+        if letter not in word:
+            return False
+        for p in range(W.N_CHARS):
+            if row[p] == W.HERE and word[p] != letter:
+                return False
+            if row[p] == W.NOT_HERE and word[p] == letter:
+                return False
+    return True
+
+
+def test_consistent_equals_word_in_state_on_random_knowledge():
+    """The letter-set formulation == upstream's per-letter check, on reachable knowledge (from
+    random guess/target pairs) and on arbitrary random knowledge (two HERE letters at one
+    position included)."""
+    env = make("wordle")
+    consistent = jax.jit(jax.vmap(env.consistent))
+    transition = jax.jit(env._transition)
+    rng = np.random.default_rng(0)
+    states = []
+    for _ in range(10):  # reachable: a few transitions from the all-POSSIBLE state
+        k = jnp.full((26, W.N_CHARS), W.POSSIBLE, jnp.int32)
+        for _ in range(rng.integers(1, 5)):
+            g, t = rng.integers(0, len(env.vocab), 2)
+            k = transition(k, env._letters[g], env._letters[t])
+            states.append(np.asarray(k))
+    for density in (0.02, 0.1, 0.3):  # arbitrary: sparse non-POSSIBLE entries
+        for _ in range(4):
+            k = np.full((26, W.N_CHARS), W.POSSIBLE, np.int32)
+            hit = rng.random((26, W.N_CHARS)) < density
+            k[hit] = rng.choice([W.NOT_HERE, W.HERE], size=hit.sum())
+            states.append(k)
+    got = np.asarray(consistent(jnp.asarray(np.stack(states))))
+    for k, row in zip(states, got, strict=True):
+        assert row.tolist() == [_word_in_state(k, w) for w in env.vocab]
+    assert got.any(axis=1).mean() > 0.3 and not got.all()  # both outcomes exercised
+
+
+def test_nth_true_equals_cumsum_argmax():
+    rng = np.random.default_rng(1)
+    nth = jax.jit(W.WordleEnv._nth_true)
+    for v in (1, 32, 33, 477):
+        for _ in range(8):
+            mask = rng.random(v) < rng.random()
+            n = int(mask.sum())
+            for r in {-1, 0, max(n - 1, 0), n, int(rng.integers(0, max(n, 1)))}:
+                want = int(np.argmax(np.cumsum(mask) > r))
+                assert int(nth(jnp.asarray(mask), jnp.int32(r))) == want, (v, r)
