@@ -8,12 +8,17 @@ instruction tree and descriptions are matched against
 the grid as minigrid's ``ObjDesc.find_matching_objs`` does at reset (the state must be a reset
 state when the mission uses locations). Box contents are not in the recorded encoding: pass
 ``box_contents`` when a level hides objects in boxes.
+``bank_from_minigrid(instances, goal_ids)`` stacks imported instances, with the reset image each
+one's AgentGym text describes, into the `InstanceBank` that `BabyAI.reset` draws from.
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from evol_jax.envs import babyai_core as core
@@ -411,3 +416,67 @@ def world_from_record(state: dict, box_contents: dict | None = None):
         mission,
     )
     return world, goal_text(state["mission"])
+
+
+# ----------------------------------------------------------------------------- instance banks
+
+
+class InstanceBank(NamedTuple):
+    """Imported instances stacked for `BabyAI.reset` (row ``i`` = ``instances[i]``).
+
+    ``images`` is each row's reset image (`reset_image`): the live view for every level except the
+    start-carrying ones (level 23), whose AgentGym reset text describes the view rendered before
+    the object was picked up. ``agentgym_compat`` resets use it, the default mode the live view.
+    """
+
+    worlds: core.World  # leaves [B, ...]
+    goals: jax.Array  # int32 [B, GOAL_WORDS] goal word ids
+    goal_lens: jax.Array  # int32 [B]
+    images: jax.Array  # int32 [B, 7, 7, 3] the reset image upstream's text is built from
+
+
+def bank_from_minigrid(instances, goal_ids) -> InstanceBank:
+    """Imports minigrid instances ``[(level, seed), ...]`` (AgentGym's ``seed * 40 + level - 1``).
+
+    Args:
+      instances: non-empty sequence of ``(level, seed)`` pairs, level in 1..40.
+      goal_ids: ``goal text -> (int32 [GOAL_WORDS] word ids, length)`` (`BabyAI._goal_ids`).
+
+    Returns:
+      The stacked `InstanceBank` (device arrays).
+    """
+    from evol_jax.envs.babyai import make_minigrid
+
+    instances = list(instances)
+    if not instances:
+        raise ValueError("bank_from_minigrid: no instances given")
+    worlds, goals, lens, images = [], [], [], []
+    for level, seed in instances:
+        env = make_minigrid(level, seed)
+        world, goal = world_from_minigrid(env)
+        g, n = goal_ids(goal)
+        worlds.append(world)
+        goals.append(g)
+        lens.append(n)
+        images.append(reset_image(env))
+    return InstanceBank(
+        worlds=jax.tree.map(lambda *a: jnp.stack(a), *worlds),
+        goals=jnp.stack([jnp.asarray(g, jnp.int32) for g in goals]),
+        goal_lens=jnp.asarray(lens, jnp.int32),
+        images=jnp.asarray(np.stack(images), jnp.int32),
+    )
+
+
+def bank_instance(bank: InstanceBank, idx, agentgym_compat: bool):
+    """Row ``idx % bank size`` of ``bank`` as `BabyAI.init_state` takes it (pure; jit/vmap).
+
+    Returns:
+      ``(world, goal_words, goal_len, image)``: ``image`` is the stored reset image under
+      ``agentgym_compat`` (upstream's text, stale for level 23), else the live view of the world,
+      so that ``env.init_state(*bank_instance(bank, i, env.agentgym_compat))`` equals
+      ``env.reset_from_minigrid(level, seed)`` of row ``i`` in both modes.
+    """
+    i = jnp.asarray(idx, jnp.int32) % bank.goal_lens.shape[0]
+    world = jax.tree.map(lambda a: a[i], bank.worlds)
+    image = bank.images[i] if agentgym_compat else core.view_image(world)
+    return world, bank.goals[i], bank.goal_lens[i], image
