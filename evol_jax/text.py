@@ -53,22 +53,68 @@ def default_model_path() -> str:
     return _ASSET
 
 
+# SentencePiece skips longer training sentences (default limit 4192 bytes); Wordle's first prompt
+# lists the whole vocabulary in one text.
+_MAX_SENTENCE_BYTES = 1 << 16
+
+
 def train_tokenizer(texts: Sequence[str], model_prefix: str, vocab_size: int = 2000) -> str:
     """Trains an environment tokenizer on ``texts``; returns the ``.model`` path.
 
     Newlines inside a text are kept (a user-defined symbol); one text per training sentence.
+    Deterministic: every sentence is used in the given order (no sampling or shuffling), one
+    training thread and a fixed random seed, so the same texts give a byte-identical model
+    (`evol_jax.envtext_corpus` builds the shipped one).
+
+    Raises:
+      ValueError: no texts, a non-string text, ``vocab_size`` too small for the byte pieces and
+        the texts' characters, or a text longer than
+        SentencePiece's sentence limit (it would be skipped silently; split it at newlines).
     """
     import sentencepiece as spm
 
     if not texts:
         raise ValueError("train_tokenizer: no texts given")
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"train_tokenizer: texts must be strings, got {bad[:3]}")
+    # every byte piece, <pad>, <unk>, "\n", "▁" and every character seen (character_coverage=1.0)
+    required = 256 + 4 + len(set("".join(texts)) - {"\n", " "})
+    if int(vocab_size) < required:
+        raise ValueError(
+            f"train_tokenizer: vocab_size={vocab_size} is below the {required} pieces the "
+            "byte fallback, the special pieces and the texts' characters need"
+        )
+    sentences = [t.replace("\n", " \n ") for t in texts]
+    too_long = [s for s in sentences if len(s.encode("utf-8")) > _MAX_SENTENCE_BYTES]
+    if too_long:
+        raise ValueError(
+            f"train_tokenizer: {len(too_long)} texts longer than {_MAX_SENTENCE_BYTES} bytes "
+            f"(SentencePiece would skip them), e.g. {too_long[0][:60]!r}...; split them at newlines"
+        )
+    spm.set_random_generator_seed(0)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([t.replace("\n", " \n ") for t in texts]),
+        sentence_iterator=iter(sentences),
         model_prefix=model_prefix,
-        vocab_size=vocab_size,
+        vocab_size=int(vocab_size),
+        num_threads=1,
+        input_sentence_size=0,  # every sentence, no sampling
+        shuffle_input_sentence=False,
+        max_sentence_length=_MAX_SENTENCE_BYTES,
         **TRAINER_OPTIONS,
     )
-    return model_prefix + ".model"
+    # The model records its output prefix; keep only the file name so that the bytes do not
+    # depend on the directory it was trained in.
+    from sentencepiece import sentencepiece_model_pb2
+
+    path = model_prefix + ".model"
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    proto.trainer_spec.model_prefix = os.path.basename(model_prefix)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    return path
 
 
 @flax.struct.dataclass
