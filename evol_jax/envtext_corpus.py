@@ -185,6 +185,32 @@ def _render(env: Env, state) -> str | None:
         return None
 
 
+def _textcraft_off_table(env: Env, batch: experts.ExpertBatch) -> list[str]:
+    """Each expert craft sent again with a wrong output or first-ingredient count, and the reply.
+
+    From the state before the craft (the ingredients are there), upstream answers ``Could not
+    find a valid recipe for ...`` (compat: ``ItemTagWithCount(...)``); no table action has these
+    texts, ``env.step_text`` serves them.
+    """
+    out = []
+    for i in range(len(batch.indices)):
+        for t in range(int(batch.num_steps[i])):
+            line = env.action_text(int(batch.actions[t, i]))
+            if not line.startswith("craft ") or " using " not in line:
+                continue
+            head, ingredients = line.split(" using ", 1)
+            n_out, item = head[len("craft ") :].split(" ", 1)
+            n_in, rest = ingredients.split(" ", 1)
+            state = _at(batch.states, t, i)
+            texts = [f"craft {int(n_out) + 1} {item} using {ingredients}"]
+            if int(n_in) > 1:  # fewer than the recipe's count: held, but no recipe matches
+                texts.append(f"craft {n_out} {item} using {int(n_in) - 1} {rest}")
+            for text in texts:
+                out.append(text)
+                out.append(env.step_text(state, text)[2])
+    return out
+
+
 def env_texts(env: Env, cfg: CorpusConfig) -> list[str]:
     """Every text of one environment (one mode): expert episodes, random episodes, bad texts."""
     out: list[str] = [turn["value"] for turn in prompts.conversation_start(env.name)]
@@ -196,6 +222,8 @@ def env_texts(env: Env, cfg: CorpusConfig) -> list[str]:
         for traj in _expert_trajectories(env, batch):
             item = agenttraj.to_item(traj)
             out.extend(turn["value"] for turn in item["conversations"])
+        if env.name == "textcraft":
+            out.extend(_textcraft_off_table(env, batch))
     if cfg.random_instances:
         rounds = int(cfg.random_rounds or env.max_rounds)
         n = cfg.random_instances
