@@ -40,13 +40,19 @@ from evol_jax.sampler import PolicyCodec, conversation_start, restyle_item, stri
 from evol_jax.train import BCConfig
 
 
-def expert_records(env, indices, seed: int = 0, prompt: str = "agentgym") -> list[dict]:
-    """Expert episodes on ``indices`` as AgentTraj items with the thoughts emptied, in prompt
-    style ``prompt`` (see `evol_jax.sampler.conversation_start`)."""
+def expert_records(
+    env, indices, seed: int = 0, prompt: str = "agentgym", thoughts: bool = False
+) -> list[dict]:
+    """Expert episodes on ``indices`` as AgentTraj items in prompt style ``prompt`` (see
+    `evol_jax.sampler.conversation_start`), with the thoughts emptied (the constrained
+    sampler's turn form) unless ``thoughts`` (for policies that write their turns,
+    ``decode="free"``)."""
     import jax
 
     batch = experts.rollout(env, np.asarray(indices), jax.random.key(seed))
-    items = [strip_thoughts(agenttraj.to_item(t)) for t in experts.trajectories(env, batch)]
+    items = [agenttraj.to_item(t) for t in experts.trajectories(env, batch)]
+    if not thoughts:
+        items = [strip_thoughts(it) for it in items]
     return [restyle_item(it, prompt) for it in items]
 
 
@@ -88,6 +94,10 @@ def run(config: Mapping[str, Any], workdir: str) -> dict:
     tok_path = os.path.join(workdir, "policy_tokenizer.model")
     options = config.get("env_options", {})
     prompt = config.get("prompt", "agentgym")
+    # "constrained" (default) or "free" decoding for exploration and evaluation; a free-decoding
+    # policy is cloned on the experts' thoughts too ("expert_thoughts" overrides)
+    decode = config.get("decode", "constrained")
+    thoughts = config.get("expert_thoughts", decode == "free")
     if not os.path.exists(tok_path):
         corpus = tokenizer_corpus(names, {n: splits[n]["expert"] for n in names}, options)
         train_policy_tokenizer(
@@ -100,7 +110,9 @@ def run(config: Mapping[str, Any], workdir: str) -> dict:
     d_s = []
     for n in names:
         env = envs.make(n, **options.get(n, {}))
-        d_s += expert_records(env, splits[n]["expert"], seed=config["seed"], prompt=prompt)
+        d_s += expert_records(
+            env, splits[n]["expert"], seed=config["seed"], prompt=prompt, thoughts=thoughts
+        )
     model = Transformer(TransformerConfig(vocab_size=tok.vocab_size, **config["model"]))
     evolver = Evolver(
         workdir,
@@ -115,6 +127,8 @@ def run(config: Mapping[str, Any], workdir: str) -> dict:
         bc_base=BCConfig(**{**config["bc"], **config.get("bc_base", {})}),
         max_cache_len=config.get("max_cache_len"),
         prompt=prompt,
+        decode=decode,
+        max_new_tokens=config.get("max_new_tokens", 64),
     )
     results = evolver.run()
     table = evolver.write_summary(results)

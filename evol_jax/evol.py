@@ -98,6 +98,16 @@ def select_explored(records: Sequence[dict], cfg: EvolConfig) -> list[tuple[dict
     return kept
 
 
+def _free_note(out) -> str:
+    """Log text: invalid / unserved turns of a free-decoding sampler output."""
+    if out.decode != "free":
+        return ""
+    return (
+        f", {int(out.invalid_turns.sum())} invalid turns, "
+        f"{int(out.unserved.sum())} episodes ended on an unserved turn"
+    )
+
+
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -139,6 +149,12 @@ class Evolver:
       prompt: prompt style of the samplers (``"agentgym"`` or ``"compact"``, see
         `evol_jax.sampler.conversation_start`); ``expert_records`` must be in the same style
         (`evol_jax.sampler.restyle_item`).
+      decode: how the samplers decode, for exploration and evaluation alike:
+        ``"constrained"`` (actions decoded under the legal-action mask after an empty thought)
+        or ``"free"`` (the policy writes the whole turn, parsed on device with AgentGym's
+        client rules; see `evol_jax.sampler.DeviceSampler`). ``expert_records`` must be in the
+        matching assistant-turn form (thoughts emptied for ``"constrained"``).
+      max_new_tokens: generation budget per turn for ``decode="free"``.
     """
 
     def __init__(
@@ -157,6 +173,8 @@ class Evolver:
         bc_base: BCConfig | None = None,
         max_cache_len: int | None = None,
         prompt: str = "agentgym",
+        decode: str = "constrained",
+        max_new_tokens: int = 64,
     ):
         self.workdir, self.model, self.tokenizer = workdir, model, tokenizer
         self.envs, self.expert_records = dict(envs), list(expert_records)
@@ -164,9 +182,12 @@ class Evolver:
         self.bc, self.cfg, self.base_params, self.log = bc, cfg, base_params, log
         self.bc_base = bc_base or bc
         self.samplers = {
-            n: DeviceSampler(e, model, tokenizer, max_cache_len=max_cache_len, prompt=prompt)
+            n: DeviceSampler(
+                e, model, tokenizer, max_cache_len=max_cache_len, prompt=prompt, decode=decode,
+                max_new_tokens=max_new_tokens,
+            )
             for n, e in self.envs.items()
-        }
+        }  # fmt: skip
         os.makedirs(workdir, exist_ok=True)
         self.state_path = os.path.join(workdir, "state.json")
         self.state = (
@@ -227,8 +248,9 @@ class Evolver:
             self.log(
                 f"[iter {m}] explore {name}: {len(recs)} episodes, "
                 f"success {out.success.mean():.3f}, score {100 * out.last_reward.mean():.1f}, "
-                f"{solved}/{len(set(out.indices.tolist()))} instructions solved at least once "
-                f"({time.perf_counter() - t0:.0f}s)"
+                f"{solved}/{len(set(out.indices.tolist()))} instructions solved at least once"
+                + _free_note(out)
+                + f" ({time.perf_counter() - t0:.0f}s)"
             )
         _write_jsonl(path, records)
         self._mark(f"explore_{m}")
@@ -279,6 +301,9 @@ class Evolver:
                 "score": float(out.last_reward.mean() * 100),
                 "episodes": int(len(out.indices)),
             }
+            if out.decode == "free":
+                res[name]["invalid_turns"] = int(out.invalid_turns.sum())
+                res[name]["unserved_episodes"] = int(out.unserved.sum())
             _write_jsonl(os.path.join(self._dir(m), f"eval_{name}.jsonl"), sampler.to_records(out))
         res["mean_score"] = float(np.mean([res[n]["score"] for n in self.samplers]))
         res["mean_success"] = float(np.mean([res[n]["success"] for n in self.samplers]))

@@ -20,9 +20,21 @@ fixed; each row draws from its own key ``fold_in(fold_in(fold_in(seed, iteration
 so a row's episode does not depend on the rest of the batch. The batch axis may be sharded over
 the mesh's data axes (``mesh=``).
 
-Assistant turns are ``" " + react(thought, action) + "</s>"`` with an empty thought (this sampler
-does not generate free-text thoughts): ``" Thought:\\n\\n\\nAction:\\n{action}</s>"``; BC data for
+Assistant turns are ``" " + react(thought, action) + "</s>"`` with an empty thought in the
+default ``decode="constrained"``: ``" Thought:\\n\\n\\nAction:\\n{action}</s>"``; BC data for
 a policy sampled this way must use the same form (`strip_thoughts`).
+
+``decode="free"`` is the original's way: the prefix and every human chunk end at ``[/INST]`` and
+the policy writes the whole assistant turn (thought and action), sampled token by token over its
+vocabulary for up to ``max_new_tokens`` tokens and closed by ``</s>`` (forced when the budget
+runs out), inside the same jitted loop (a fixed-width ``lax.while_loop`` with early exit). The
+turn is parsed on device (`evol_jax.action_parse.DeviceActionParser`: token ids -> UTF-8 bytes
+-> AgentGym's client rule -> exact match against the action table) and text that names no
+action gets the env's invalid-action step, i.e. the same reply as AgentGym's server (Maze:
+position unchanged, Wordle: ``"invalid word"``, both counted). TextCraft text outside its action
+table cannot be served on device (its reply echoes the text); the episode ends on that turn,
+flagged (`SampleOutput.unserved`), with no substituted action. BabyAI is constrained-only.
+`SampleOutput.gen_tokens` / ``status`` keep every turn; records hold the generated text.
 
     >>> codec = PolicyCodec(tok)
     >>> env = envs.make("maze", codec=codec)
@@ -46,7 +58,7 @@ import numpy as np
 
 from core_jax.nn.sampling import sample as sample_ids
 from core_jax.nn.transformer import KVCache, Transformer
-from evol_jax import agenttraj, prompts
+from evol_jax import action_parse, agenttraj, prompts
 from evol_jax.chat import LLAMA2
 from evol_jax.envs.base import Env, legal_or_first
 from evol_jax.policy_data import tokenize_conversation
@@ -54,11 +66,15 @@ from evol_jax.text import TextCodec, WordTable
 
 OPENER = " Thought:\n\n\nAction:\n"  # assistant turn up to the action (empty thought)
 PROMPTS = ("agentgym", "compact")
+DECODES = ("constrained", "free")
 # A one-line instruction for small policies trained from scratch: AgentGym's instructions (and the
 # maze's first-observation preamble) are constant text, ~1,600 of the ~2,200 tokens of a maze
 # episode; a policy trained from scratch learns nothing from them, but pays for them in every
 # attention row of training and sampling.
 COMPACT_INSTRUCTION = "Play {env}. Answer with one action."
+# Wordle's compact first observation: the client's filtered vocabulary without the rules.
+COMPACT_WORDLE = "Valid words:\n{words}"
+_WORDLE_VOCAB_START = "accepted by the game:\n```\n"
 
 
 class PolicyCodec:
@@ -124,24 +140,25 @@ def first_observation(env: Env, state, prompt: str = "agentgym") -> str:
     """Host: the client's first observation for a (single, unbatched) reset state.
 
     With ``prompt="compact"`` the maze's fully-observed preamble (instructions and a worked
-    example, ~1,000 tokens) is left out: the first observation is the reset text itself. Wordle
-    keeps its filtered-vocabulary observation in both styles (it is information, not prose).
+    example, ~1,000 tokens) is left out: the first observation is the reset text itself. Wordle's
+    compact first observation keeps the information of the client's (the filtered vocabulary,
+    one word a line) without its ~900 tokens of rules and example (`COMPACT_WORDLE`).
     """
     if prompt not in PROMPTS:
         raise ValueError(f"prompt={prompt!r}; choose one of {PROMPTS}")
     text = env.render_text(state)
     vocab = env.filtered_words(state) if hasattr(env, "filtered_words") else None
-    if prompt == "compact" and env.name != "wordle":
-        return text
+    if prompt == "compact":
+        return COMPACT_WORDLE.format(words="\n".join(vocab)) if env.name == "wordle" else text
     return agenttraj.client_first_observation(env.name, text, vocab=vocab)
 
 
 def restyle_item(item: dict, prompt: str) -> dict:
     """An AgentTraj item (in the client's form) rewritten to prompt style ``prompt``.
 
-    Replaces the instruction turn and, for ``"compact"``, drops the maze preamble of the first
-    observation, so that expert data matches what a `DeviceSampler` with that ``prompt`` feeds the
-    policy.
+    Replaces the instruction turn and, for ``"compact"``, drops the maze preamble / replaces
+    wordle's first observation by `COMPACT_WORDLE` (same vocabulary), so that expert data matches
+    what a `DeviceSampler` with that ``prompt`` feeds the policy.
     """
     env = item["item_id"].rsplit("_", 1)[0]
     conv = [dict(t) for t in item["conversations"]]
@@ -152,15 +169,28 @@ def restyle_item(item: dict, prompt: str) -> dict:
         conv[2]["value"] = conv[2]["value"].removeprefix(
             prompts.MAZE_FULLY_FIRST_OBSERVATION + "\n"
         )
+    if prompt == "compact" and env == "wordle":
+        first = conv[2]["value"]
+        if _WORDLE_VOCAB_START not in first:
+            raise ValueError(
+                f"{item['item_id']}: the first observation is not the wordle client's (no "
+                "vocabulary block), cannot restyle it"
+            )
+        words = first.split(_WORDLE_VOCAB_START, 1)[1].split("\n```", 1)[0]
+        conv[2]["value"] = COMPACT_WORDLE.format(words=words)
     return {**item, "conversations": conv}
 
 
-def prefix_tokens(env_name: str, first_obs: str, tokenizer, prompt: str = "agentgym") -> np.ndarray:
-    """Tokens of instruction, "Ok.", first observation and the assistant opener (int32 [P])."""
+def prefix_tokens(
+    env_name: str, first_obs: str, tokenizer, prompt: str = "agentgym", opener: bool = True
+) -> np.ndarray:
+    """Tokens of instruction, "Ok.", first observation and (``opener``) the assistant opener
+    `OPENER` (int32 [P]); without the opener the prefix ends at ``[/INST]`` (free decoding)."""
     conv = conversation_start(env_name, prompt)
     conv.append({"from": "human", "loss": None, "value": first_obs})
     toks, _ = tokenize_conversation(conv, tokenizer, LLAMA2)
-    return np.concatenate([toks, np.asarray(tokenizer.encode(OPENER), np.int32)])
+    tail = tokenizer.encode(OPENER) if opener else []
+    return np.concatenate([toks, np.asarray(tail, np.int32)])
 
 
 def action_table(env: Env, tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +222,26 @@ class SampleOutput:
     obs_mask: np.ndarray  # bool [R, N, O]
     last_reward: np.ndarray  # float32 [N]
     overflow: np.ndarray  # bool [N], the KV cache ran out (later actions unreliable)
+    decode: str = "constrained"
+    # decode="free" only: the generated turn (ids, end-of-turn excluded) and its parse status
+    gen_tokens: np.ndarray | None = None  # int32 [R, N, T + 1]
+    gen_len: np.ndarray | None = None  # int32 [R, N], text tokens of the turn
+    status: np.ndarray | None = None  # int32 [R, N], action_parse.MATCHED / INVALID / UNSERVED
+
+    @property
+    def unserved(self) -> np.ndarray:
+        """bool [N]: the episode ended on a turn the device cannot serve (free decoding,
+        TextCraft text outside the action table; see `evol_jax.action_parse`)."""
+        if self.status is None:
+            return np.zeros(self.last_reward.shape, bool)
+        return ((self.status == action_parse.UNSERVED) & self.active).any(axis=0)
+
+    @property
+    def invalid_turns(self) -> np.ndarray:
+        """int [N]: turns parsed to the env's invalid action (free decoding)."""
+        if self.status is None:
+            return np.zeros(self.last_reward.shape, np.int64)
+        return ((self.status == action_parse.INVALID) & self.active).sum(axis=0)
 
     @property
     def num_steps(self) -> np.ndarray:
@@ -255,6 +305,15 @@ class DeviceSampler:
         (see `conversation_start`, `first_observation`); records and token streams use it too.
       prefix_bucket: the padded prefix width is rounded up to a multiple of this, so that runs
         whose first observations differ slightly in length reuse one compiled rollout.
+      decode: ``"constrained"`` (default): the action is decoded under the legal-action prefix
+        mask after the fixed `OPENER` (empty thought). ``"free"``: the policy writes the whole
+        assistant turn (thought and action, as AgentGym's agents do), up to ``max_new_tokens``
+        tokens, ending at ``</s>`` (appended when the budget runs out); the turn is parsed on
+        device by `evol_jax.action_parse.DeviceActionParser` with the AgentGym client's rules,
+        and text that names no action gets the env's invalid-action step (Maze, Wordle) or ends
+        the episode flagged ``UNSERVED`` (TextCraft text outside its action table). Still one
+        jitted loop with fixed shapes.
+      max_new_tokens: generation budget per turn for ``decode="free"``.
     """
 
     def __init__(
@@ -266,7 +325,14 @@ class DeviceSampler:
         max_cache_len: int | None = None,
         prompt: str = "agentgym",
         prefix_bucket: int = 64,
+        decode: str = "constrained",
+        max_new_tokens: int = 64,
     ):
+        if decode not in DECODES:
+            raise ValueError(f"DeviceSampler: decode={decode!r}; choose one of {DECODES}")
+        if max_new_tokens < 1:
+            raise ValueError(f"DeviceSampler: max_new_tokens={max_new_tokens} must be >= 1")
+        self.decode, self.max_new_tokens = decode, int(max_new_tokens)
         if prefix_bucket < 1:
             raise ValueError(f"DeviceSampler: prefix_bucket={prefix_bucket} must be >= 1")
         self.prefix_bucket = int(prefix_bucket)
@@ -290,7 +356,11 @@ class DeviceSampler:
         self.table, self.table_len = table, lengths
         self.open_human = np.asarray(tokenizer.encode(LLAMA2.bos + "[INST]"), np.int32)
         self.close_human = np.asarray(tokenizer.encode(" [/INST]"), np.int32)
-        self.opener = np.asarray(tokenizer.encode(OPENER), np.int32)
+        free = decode == "free"
+        self.opener = np.asarray([] if free else tokenizer.encode(OPENER), np.int32)
+        self.parser = action_parse.DeviceActionParser(env, tokenizer) if free else None
+        # tokens one assistant turn can put in the cache (free: the budget plus </s>)
+        self.turn_width = self.max_new_tokens + 1 if free else self.table.shape[1]
         self.chunk_width = (
             len(self.open_human) + env.max_obs_len + len(self.close_human) + len(self.opener)
         )
@@ -305,7 +375,7 @@ class DeviceSampler:
         for i in range(len(indices)):
             st = jax.tree.map(lambda x, i=i: x[i], host)
             firsts.append(first_observation(self.env, st, self.prompt))
-            prefixes.append(prefix_tokens(self.env.name, firsts[-1], self.tokenizer, self.prompt))
+            prefixes.append(self.prefix(firsts[-1]))
         # widths rounded up to a bucket: batches of one size share one compiled rollout
         p = -(-max(len(x) for x in prefixes) // self.prefix_bucket) * self.prefix_bucket
         pad = np.zeros((len(prefixes), p), np.int32)
@@ -313,6 +383,12 @@ class DeviceSampler:
             pad[i, : len(x)] = x
         lengths = np.array([len(x) for x in prefixes], np.int32)
         return states, ts.legal_actions, firsts, pad, lengths
+
+    def prefix(self, first_obs: str) -> np.ndarray:
+        """Host: the prefix tokens of an episode with first observation ``first_obs``."""
+        return prefix_tokens(
+            self.env.name, first_obs, self.tokenizer, self.prompt, self.decode == "constrained"
+        )
 
     # ----------------------------------------------------------------------------- device loop
     def _rollout(
@@ -369,6 +445,44 @@ class DeviceSampler:
         def legal_or_first_rows(legal):
             return jax.vmap(legal_or_first)(legal)
 
+        tok_vocab = self.tokenizer.vocab_size
+        width = self.turn_width
+
+        def generate_turn(cache, last, live, keys):
+            """Free decoding: up to ``max_new_tokens`` tokens, then ``</s>`` is forced."""
+
+            def body(carry, j):
+                cache, last, finished, count = carry
+                step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, j)
+                tok = jax.vmap(
+                    lambda k, lg: sample_ids(
+                        k, lg[None], temperature=temperature, top_p=top_p,
+                        id_range=(0, tok_vocab),
+                    )[0]
+                )(step_keys, last)  # fmt: skip
+                tok = jnp.where(j == width - 1, eos, tok)  # budget spent: close the turn
+                run = ~finished
+                ends = run & (tok == eos)
+                count = count + (run & ~ends).astype(jnp.int32)
+                lg, cache = model.apply(
+                    {"params": params}, jnp.maximum(tok, 0)[:, None], cache=cache,
+                    num_valid=run.astype(jnp.int32),
+                )  # fmt: skip
+                last = jnp.where(run[:, None], lg[:, 0], last)
+                return (cache, last, finished | ends, count), tok
+
+            init = (cache, last, ~live, jnp.zeros((b,), jnp.int32))
+            (cache, last, _, count), toks = _early_exit_scan(
+                body, init, width, lambda c: ~jnp.all(c[2])
+            )
+            gen = jnp.where(jnp.arange(width)[None, :] < count[:, None], toks.T, 0)
+            action, status = self.parser.parse(gen, count)
+            return cache, last, action, status, (gen, count)
+
+        def constrained_turn(cache, last, legal, live, keys):
+            cache, last, chosen = decode_action(cache, last, legal, live, keys)
+            return cache, last, chosen, jnp.zeros((b,), jnp.int32), ()
+
         open_h = jnp.broadcast_to(
             jnp.asarray(self.open_human, jnp.int32), (b, len(self.open_human))
         )
@@ -379,43 +493,53 @@ class DeviceSampler:
             states, cache, last, done, legal, last_reward = carry
             live = ~done
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, r)
-            cache, last, chosen = decode_action(cache, last, legal, live, keys)
-            act = jnp.where(live, chosen, legal_or_first_rows(legal))
+            if self.decode == "free":
+                cache, last, chosen, status, extra = generate_turn(cache, last, live, keys)
+            else:
+                cache, last, chosen, status, extra = constrained_turn(
+                    cache, last, legal, live, keys
+                )
+            # a turn the device cannot serve ends the episode there, without a step
+            serve = live & (status != action_parse.UNSERVED)
+            act = jnp.where(serve, chosen, legal_or_first_rows(legal))
             new_states, ts = jax.vmap(env.step)(states, act)
             new_states = jax.tree.map(
-                lambda n, o: jnp.where(live.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
+                lambda n, o: jnp.where(serve.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
                 new_states, states,
             )  # fmt: skip
-            cont = live & ~ts.done
+            cont = serve & ~ts.done
             nobs = ts.obs_mask.sum(axis=1).astype(jnp.int32)
             ones = lambda k: jnp.full((b,), k, jnp.int32)  # noqa: E731
-            chunk, n = _scatter_chunk(
-                [(open_h, ones(open_h.shape[1])), (ts.obs_tokens, nobs),
-                 (close_h, ones(close_h.shape[1])), (opener, ones(opener.shape[1]))],
-                self.chunk_width,
-            )  # fmt: skip
+            parts = [(open_h, ones(open_h.shape[1])), (ts.obs_tokens, nobs),
+                     (close_h, ones(close_h.shape[1]))]  # fmt: skip
+            if opener.shape[1]:
+                parts.append((opener, ones(opener.shape[1])))
+            chunk, n = _scatter_chunk(parts, self.chunk_width)
             n = jnp.where(cont, n, 0)
             lg, cache = model.apply({"params": params}, chunk, cache=cache, num_valid=n)
             new_last = jnp.take_along_axis(lg, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
             last = jnp.where(cont[:, None], new_last, last)
-            last_reward = jnp.where(live, ts.reward, last_reward)
-            legal = jnp.where(live[:, None], ts.legal_actions, legal)
-            out = (jnp.where(live, chosen, -1), jnp.where(live, ts.reward, 0.0), live,
-                   ts.obs_tokens, ts.obs_mask)  # fmt: skip
-            return (new_states, cache, last, done | ts.done, legal, last_reward), out
+            reward = jnp.where(serve, ts.reward, 0.0)
+            last_reward = jnp.where(live, reward, last_reward)
+            legal = jnp.where(serve[:, None], ts.legal_actions, legal)
+            out = (jnp.where(live, chosen, -1), reward, live, ts.obs_tokens,
+                   ts.obs_mask & serve[:, None], status, extra)  # fmt: skip
+            ended = (serve & ts.done) | (live & ~serve)
+            return (new_states, cache, last, done | ended, legal, last_reward), out
 
         done0 = jnp.zeros((b,), bool)
         init = (states, cache, last, done0, legal0, jnp.zeros((b,), jnp.float32))
         (_, cache, _, _, _, last_reward), outs = _early_exit_scan(
             round_body, init, self.rounds, lambda c: ~jnp.all(c[3])
         )
-        actions, rewards, active, obs_tokens, obs_mask = outs
+        actions, rewards, active, obs_tokens, obs_mask, status, extra = outs
         actions = jnp.where(active, actions, -1)  # rounds never reached hold zeros
-        return (actions, rewards, active, obs_tokens, obs_mask), last_reward, cache.overflow
+        outs = (actions, rewards, active, obs_tokens, obs_mask, status, extra)
+        return outs, last_reward, cache.overflow
 
     def cache_len(self, prefix_len: int) -> int:
-        """KV capacity: prefix plus every round's action tokens and human chunk."""
-        worst = int(prefix_len + self.rounds * (self.table.shape[1] + self.chunk_width))
+        """KV capacity: prefix plus every round's assistant-turn tokens and human chunk."""
+        worst = int(prefix_len + self.rounds * (self.turn_width + self.chunk_width))
         if self.max_cache_len is None:
             return worst
         return min(worst, max(int(self.max_cache_len), prefix_len + self.chunk_width))
@@ -479,7 +603,8 @@ class DeviceSampler:
             params, *args, jnp.float32(temperature), jnp.float32(top_p),
             cache_len=self.cache_len(prefix.shape[1]),
         )  # fmt: skip
-        actions, rewards, active, obs_tokens, obs_mask = jax.device_get(outs)
+        actions, rewards, active, obs_tokens, obs_mask, status, extra = jax.device_get(outs)
+        free = self.decode == "free"
         return SampleOutput(
             env=self.env.name,
             indices=rows,
@@ -491,10 +616,24 @@ class DeviceSampler:
             obs_mask=np.asarray(obs_mask),
             last_reward=np.asarray(jax.device_get(last_reward)),
             overflow=np.asarray(jax.device_get(overflow)),
+            decode=self.decode,
+            gen_tokens=np.asarray(extra[0]) if free else None,
+            gen_len=np.asarray(extra[1]) if free else None,
+            status=np.asarray(status) if free else None,
         )
 
+    def turn_text(self, out: SampleOutput, r: int, i: int) -> str:
+        """Host, ``decode="free"``: the text generated in round ``r`` of episode ``i``."""
+        if out.gen_tokens is None:
+            raise ValueError("turn_text: the output has no generated turns (decode='constrained')")
+        return self.tokenizer.decode(out.gen_tokens[r, i, : int(out.gen_len[r, i])])
+
     def trajectories(self, out: SampleOutput) -> list[agenttraj.Trajectory]:
-        """Host: episodes as `agenttraj.Trajectory` (empty thoughts, decoded observations)."""
+        """Host: episodes as `agenttraj.Trajectory` (empty thoughts, decoded observations);
+        ``decode="constrained"`` outputs only (free turns are not in ReAct form by construction:
+        use `to_records`)."""
+        if out.decode != "constrained":
+            raise ValueError("trajectories: decode='free' turns are free text; use to_records")
         trajs = []
         for i, idx in enumerate(out.indices.tolist()):
             t = agenttraj.Trajectory(
@@ -512,7 +651,13 @@ class DeviceSampler:
         return trajs
 
     def to_records(self, out: SampleOutput) -> list[dict]:
-        """AgentTraj items (with ``reward`` and ``success``) of every episode of ``out``."""
+        """AgentTraj items (with ``reward`` and ``success``) of every episode of ``out``.
+
+        ``decode="free"``: each gpt turn is the generated text (a leading space, the chat
+        format's separator, removed), items also carry ``invalid_turns`` and ``unserved``.
+        """
+        if out.decode == "free":
+            return self._free_records(out)
         items = [agenttraj.to_item(t) for t in self.trajectories(out)]
         if self.prompt == "agentgym":
             return items
@@ -520,13 +665,37 @@ class DeviceSampler:
         start = conversation_start(self.env.name, self.prompt)
         return [{**it, "conversations": start + it["conversations"][2:]} for it in items]
 
+    def _free_records(self, out: SampleOutput) -> list[dict]:
+        items = []
+        invalid, unserved = out.invalid_turns, out.unserved
+        for i, idx in enumerate(out.indices.tolist()):
+            conv = conversation_start(self.env.name, self.prompt)
+            conv.append({"from": "human", "loss": None, "value": out.first_obs[i]})
+            steps = int(out.num_steps[i])
+            for r in range(steps):
+                text = self.turn_text(out, r, i)
+                conv.append({"from": "gpt", "loss": True, "value": text.removeprefix(" ")})
+                if r + 1 < steps:
+                    obs = self.env.codec.decode(out.obs_tokens[r, i][out.obs_mask[r, i]])
+                    conv.append({"from": "human", "loss": None, "value": obs})
+            items.append({
+                "item_id": f"{self.env.name}_{idx}", "conversations": conv,
+                "reward": float(out.last_reward[i]), "success": bool(out.success[i]),
+                "invalid_turns": int(invalid[i]), "unserved": bool(unserved[i]),
+            })  # fmt: skip
+        return items
+
     def token_stream(self, out: SampleOutput, i: int) -> np.ndarray:
         """Host: the exact token sequence episode ``i`` put through the policy (int32 [n])."""
-        parts = [prefix_tokens(self.env.name, out.first_obs[i], self.tokenizer, self.prompt)]
+        parts = [self.prefix(out.first_obs[i])]
         steps = int(out.num_steps[i])
         for r in range(steps):
-            a = int(out.actions[r, i])
-            parts.append(self.table[a, : self.table_len[a]])
+            if out.decode == "free":
+                n = int(out.gen_len[r, i])
+                parts.append(list(out.gen_tokens[r, i, :n]) + [self.tokenizer.eos_id])
+            else:
+                a = int(out.actions[r, i])
+                parts.append(self.table[a, : self.table_len[a]])
             if r + 1 < steps:
                 obs = out.obs_tokens[r, i][out.obs_mask[r, i]]
                 parts += [self.open_human, obs, self.close_human, self.opener]
@@ -541,14 +710,21 @@ class DeviceSampler:
 def host_reference_episode(sampler: DeviceSampler, params, idx: int, env_key) -> dict:
     """Greedy episode, step by step on the host with full (cache-free) forward passes.
 
-    Returns ``{"actions": [...], "rewards": [...], "tokens": np.ndarray}``.
+    ``decode="free"``: each turn is generated greedily (ids below the tokenizer's size, at most
+    ``max_new_tokens``, then ``</s>``), decoded with ``tokenizer.decode``, parsed with the client
+    rule and ``env.action_from_text`` (`evol_jax.action_parse.host_parse`) and stepped; the
+    result also holds ``"texts"``, ``"status"`` and ``"observations"`` (the env's reply text
+    after each step, `Env.render_text`).
+
+    Returns ``{"actions": [...], "rewards": [...], "tokens": np.ndarray, ...}``.
     """
     env, model, tok = sampler.env, sampler.model, sampler.tokenizer
     state, ts = jax.jit(env.reset)(env_key, jnp.int32(idx))
     first = first_observation(env, jax.device_get(state), sampler.prompt)
-    seq = list(prefix_tokens(env.name, first, tok, sampler.prompt))
+    seq = list(sampler.prefix(first))
     legal = np.asarray(ts.legal_actions)
     actions, rewards = [], []
+    texts, status, observations = [], [], []
     step = jax.jit(env.step)
     forward = jax.jit(lambda p, t: model.apply({"params": p}, t))
     width = sampler.cache_len(len(seq))  # one padded length: one compile (causal, so exact)
@@ -559,6 +735,31 @@ def host_reference_episode(sampler: DeviceSampler, params, idx: int, env_key) ->
         return np.asarray(forward(params, jnp.asarray(padded)))[0, len(seq) - 1]
 
     for r in range(sampler.rounds):
+        if sampler.decode == "free":
+            gen = []
+            while True:
+                t = int(np.argmax(next_logits(seq)[: tok.vocab_size]))
+                if len(gen) == sampler.max_new_tokens:
+                    t = tok.eos_id  # budget spent
+                seq.append(t)
+                if t == tok.eos_id:
+                    break
+                gen.append(t)
+            texts.append(tok.decode(gen))
+            a, st = action_parse.host_parse(env, texts[-1])
+            status.append(st)
+            actions.append(a)
+            if st == action_parse.UNSERVED:
+                rewards.append(0.0)
+                break
+            state, ts = step(state, jnp.int32(a))
+            rewards.append(float(ts.reward))
+            observations.append(env.render_text(jax.device_get(state)))
+            if bool(ts.done) or r + 1 == sampler.rounds:
+                break
+            obs = np.asarray(ts.obs_tokens)[np.asarray(ts.obs_mask)]
+            seq += list(sampler.open_human) + list(obs) + list(sampler.close_human)
+            continue
         cons = legal.copy()
         j = 0
         while True:
@@ -582,7 +783,10 @@ def host_reference_episode(sampler: DeviceSampler, params, idx: int, env_key) ->
         seq += list(sampler.open_human) + list(obs) + list(sampler.close_human)
         seq += list(sampler.opener)
         legal = np.asarray(ts.legal_actions)
-    return {"actions": actions, "rewards": rewards, "tokens": np.asarray(seq, np.int32)}
+    out = {"actions": actions, "rewards": rewards, "tokens": np.asarray(seq, np.int32)}
+    if sampler.decode == "free":
+        out.update(texts=texts, status=status, observations=observations)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -151,3 +151,27 @@ def test_evolution_finds_and_learns_what_bc_misses(tmp_path, setup):
     assert loss_evol < loss_control, (loss_evol, loss_control)
     table = (tmp_path / "results.md").read_text()
     assert f"| {len(kept)} / {len(pool)} |" in table and "1 expert +" in table
+
+
+def test_decode_option_reaches_the_samplers(tmp_path, setup):
+    """``decode`` / ``max_new_tokens`` select the samplers' decoding (exploration and
+    evaluation); expert records for a free-decoding policy keep the experts' thoughts."""
+    tok, model, d_s = setup
+    env = envs.make("maze", codec=PolicyCodec(tok), max_rounds=3)
+    kw = dict(explore={"maze": [2]}, evaluate={"maze": [20]},
+              bc=BCConfig(micro_batch=8, seq_len=2048, updates=1), cfg=EvolConfig(iterations=1),
+              log=lambda *_: None)  # fmt: skip
+    ev = Evolver(
+        str(tmp_path), model, tok, {"maze": env}, d_s, decode="free", max_new_tokens=9, **kw
+    )
+    assert ev.samplers["maze"].decode == "free" and ev.samplers["maze"].max_new_tokens == 9
+    assert (
+        Evolver(str(tmp_path), model, tok, {"maze": env}, d_s, **kw).samplers["maze"].decode
+        == "constrained"
+    )
+    with pytest.raises(ValueError, match="decode"):
+        Evolver(str(tmp_path), model, tok, {"maze": env}, d_s, decode="greedy", **kw)
+    with_thoughts = expert_records(envs.make("maze"), [0], thoughts=True)[0]["conversations"]
+    stripped = expert_records(envs.make("maze"), [0])[0]["conversations"]
+    assert with_thoughts[3]["value"].startswith("Thought:\nI am at position")
+    assert stripped[3]["value"].startswith("Thought:\n\n\nAction:\n")

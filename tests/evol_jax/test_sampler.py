@@ -230,3 +230,137 @@ def test_compact_prompt(tok):
         DeviceSampler(env, model, tok, prompt="short")
     with pytest.raises(ValueError, match="prompt"):
         restyle_item(records[0], "short")
+
+
+# ------------------------------------------------------------------------------ free decoding
+def _free_model(tok, seed=0, chain=None):
+    """Untied 1-layer model: random (writes garbage) or, with ``chain``, a bigram machine whose
+    greedy continuation of ``chain[k]`` is ``chain[k + 1]`` (layers zeroed, one-hot embeddings)."""
+    import flax.linen as nn
+
+    cfg = TransformerConfig(
+        vocab_size=tok.vocab_size, d_model=32, num_layers=1, num_heads=2, mlp_dim=64,
+        mlp="swiglu", norm="rmsnorm", max_len=8192, tie_embeddings=False,
+    )  # fmt: skip
+    model = Transformer(cfg)
+    params = nn.meta.unbox(model.init(jax.random.key(seed), np.zeros((1, 4), np.int32))["params"])
+    params = jax.tree.map(lambda p: np.array(p * 4.0 if p.ndim >= 2 else p), params)
+    if chain is not None:
+        assert len(set(chain[:-1])) == len(chain) - 1 <= 32, "chain tokens must be distinct"
+        layer = params["layer_0"]
+        layer["attn"]["out"]["kernel"][...] = 0.0
+        layer["mlp"]["wo"]["kernel"][...] = 0.0
+        emb = np.zeros_like(params["embedder"]["embedding"])
+        head = np.zeros_like(params["lm_head"]["kernel"])
+        for k, (a, b) in enumerate(zip(chain[:-1], chain[1:], strict=True)):
+            emb[a, k] = 1.0
+            head[k, b] = 10.0
+        params["embedder"]["embedding"], params["lm_head"]["kernel"] = emb, head
+    return model, params
+
+
+def _check_free_against_host(sampler, params, idx, seed):
+    """Device free rollout == host reference (ids, texts, parse, rewards, stream, replies)."""
+    from evol_jax import action_parse
+
+    env = sampler.env
+    out = sampler.run(params, idx, seed=seed, temperature=0.0)
+    assert not out.overflow.any()
+    keys = sampler.row_keys(seed, 0, idx, [0] * len(idx))
+    statuses = []
+    for i, ix in enumerate(idx):
+        env_key = jax.random.fold_in(keys[i], 2**31 - 1)
+        ref = host_reference_episode(sampler, params, ix, env_key)
+        n = int(out.num_steps[i])
+        assert [sampler.turn_text(out, r, i) for r in range(n)] == ref["texts"]
+        assert out.actions[:n, i].tolist() == ref["actions"]
+        assert out.status[:n, i].tolist() == ref["status"]
+        np.testing.assert_allclose(out.rewards[:n, i], ref["rewards"])
+        np.testing.assert_array_equal(sampler.token_stream(out, i), ref["tokens"])
+        # the reply after each served turn is the server's (invalid text included)
+        state, _ = env.reset(env_key, ix)
+        for r in range(n):
+            if out.status[r, i] == action_parse.UNSERVED:
+                assert r == n - 1 and out.unserved[i]
+                break
+            action = action_parse.client_action(env.name, ref["texts"][r])
+            state, _, reply = env.step_text(state, action)
+            assert env.codec.decode(out.obs_tokens[r, i][out.obs_mask[r, i]]) == reply
+            assert reply == ref["observations"][r]
+        statuses += ref["status"]
+    return out, statuses
+
+
+def test_free_decoding_equals_host_reference(tok):
+    """decode="free", maze: a random policy (garbage -> the env's invalid action, the same reply
+    as AgentGym's server) and a policy that writes "Action: move up" (parsed), both equal to
+    the step-by-step host reference; new seeds / params do not retrace."""
+    from evol_jax import action_parse
+
+    env = envs.make("maze", codec=PolicyCodec(tok))
+    model, garbage = _free_model(tok)
+    sampler = DeviceSampler(
+        env, model, tok, rounds=2, decode="free", max_new_tokens=10, prompt="compact"
+    )
+    out, st = _check_free_against_host(sampler, garbage, [0, 5], seed=2)
+    assert action_parse.INVALID in st
+    assert (out.invalid_turns > 0).any() and not out.unserved.any()
+    close = sampler.prefix("x")[-1]  # the prefix ends at [/INST]: the policy writes the turn
+    chain = [int(close)] + tok.encode("Action: move up") + [tok.eos_id]
+    _, writer = _free_model(tok, chain=chain)
+    out, st = _check_free_against_host(sampler, writer, [0, 5], seed=3)
+    assert set(st) == {action_parse.MATCHED} and (out.actions[out.active] == 2).all()
+    assert sampler.turn_text(out, 0, 0) == "Action: move up"
+    rec = sampler.to_records(out)[0]
+    assert rec["conversations"][3]["value"] == "Action: move up" and rec["invalid_turns"] == 0
+    assert sampler._jitted._cache_size() == 1
+    with pytest.raises(ValueError, match="decode"):
+        DeviceSampler(env, model, tok, decode="parse")
+    with pytest.raises(ValueError, match="babyai"):
+        DeviceSampler(envs.make("babyai", codec=PolicyCodec(tok)), model, tok, decode="free")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["wordle", "textcraft"])
+def test_free_decoding_wordle_textcraft(tok, name):
+    """Wordle (a guess without spaces is the same guess; garbage -> "invalid word") and
+    TextCraft (table text -> its action; other text -> UNSERVED, the episode ends there)."""
+    from evol_jax import action_parse
+
+    opts = {"vocab": ["panic", "frown", "shire", "crane", "slate"]} if name == "wordle" else {}
+    env = envs.make(name, codec=PolicyCodec(tok), **opts)
+    model, garbage = _free_model(tok, seed=1)
+    sampler = DeviceSampler(
+        env, model, tok, rounds=3, decode="free", max_new_tokens=12, prompt="compact"
+    )
+    out, st = _check_free_against_host(sampler, garbage, [0, 4], seed=1)
+    bad = action_parse.INVALID if name == "wordle" else action_parse.UNSERVED
+    assert bad in st
+    text = "Action: crane" if name == "wordle" else "Action: inventory"
+    chain = [int(sampler.prefix("x")[-1])] + tok.encode(text) + [tok.eos_id]
+    _, writer = _free_model(tok, chain=chain)
+    out, st = _check_free_against_host(sampler, writer, [0, 4], seed=1)
+    assert set(st) == {action_parse.MATCHED}
+    assert sampler._jitted._cache_size() == 1
+
+
+def test_compact_wordle_first_observation():
+    """Compact Wordle: the client's vocabulary without the rules, the same from the sampler
+    (`first_observation`) and from restyled expert records (`restyle_item`)."""
+    from evol_jax.sampler import COMPACT_WORDLE, first_observation, restyle_item
+
+    words = ["panic", "frown", "shire"]
+    env = envs.make("wordle", vocab=words)
+    state, _ = env.reset(jax.random.key(0), 0)
+    assert first_observation(env, state, "compact") == COMPACT_WORDLE.format(words="\n".join(words))
+    full = first_observation(env, state)
+    assert "frown" in full and len(full) > 10 * len(first_observation(env, state, "compact"))
+    item = {"item_id": "wordle_0", "conversations": [
+        {"from": "human", "loss": None, "value": "x"}, {"from": "gpt", "loss": False, "value": "y"},
+        {"from": "human", "loss": None, "value": full}]}  # fmt: skip
+    assert restyle_item(item, "compact")["conversations"][2]["value"] == first_observation(
+        env, state, "compact"
+    )
+    item["conversations"][2]["value"] = "Let's start"
+    with pytest.raises(ValueError, match="vocabulary block"):
+        restyle_item(item, "compact")
