@@ -480,3 +480,17 @@ def bank_instance(bank: InstanceBank, idx, agentgym_compat: bool):
     world = jax.tree.map(lambda a: a[i], bank.worlds)
     image = bank.images[i] if agentgym_compat else core.view_image(world)
     return world, bank.goals[i], bank.goal_lens[i], image
+
+
+def bank_reset_image(bank: InstanceBank, idx, world):
+    """The ``agentgym_compat`` reset image of instance ``idx`` in `BabyAI.reset` (pure; jit/vmap).
+
+    Levels with a native generator (`babyai_gen.NATIVE_LEVELS`) are not drawn from the bank: their
+    image is the live view of ``world``; other levels take row ``idx % bank size``'s stored image.
+    """
+    from evol_jax.envs import babyai_gen
+
+    idx = jnp.asarray(idx, jnp.int32)
+    native = jnp.any(jnp.asarray(sorted(babyai_gen.NATIVE_LEVELS)) == idx % 40 + 1)
+    stored = bank.images[idx % bank.goal_lens.shape[0]]
+    return jnp.where(native, core.view_image(world), stored)

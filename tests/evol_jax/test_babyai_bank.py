@@ -37,8 +37,9 @@ def test_bank_shapes_and_images(bank):
     b = len(INSTANCES)
     assert bank.goals.shape[0] == bank.goal_lens.shape[0] == bank.images.shape[0] == b
     assert bank.images.shape[1:] == (7, 7, 3) and bank.images.dtype == jnp.int32
+    views = jax.device_get(jax.jit(jax.vmap(bi.core.view_image))(bank.worlds))
     for i, (level, seed) in enumerate(INSTANCES):
-        live = jax.device_get(bi.core.view_image(jax.tree.map(lambda a, i=i: a[i], bank.worlds)))
+        live = views[i]
         stored = np.asarray(bank.images[i])
         np.testing.assert_array_equal(stored, bi.reset_image(_minigrid(level, seed)))
         # only the start-carrying level's reset image differs from the live view
@@ -79,3 +80,20 @@ def test_bank_errors():
         bi.bank_from_minigrid([], env._goal_ids)
     with pytest.raises(ValueError, match="level must be in 1..40"):
         bi.bank_from_minigrid([(41, 0)], env._goal_ids)
+
+
+def test_bank_reset_image_native_levels_use_the_live_view(bank):
+    f = jax.jit(lambda i, w: (bi.bank_reset_image(bank, i, w), bi.core.view_image(w)))
+    world = jax.tree.map(lambda a: a[0], bank.worlds)
+    # idx 22 = level 23, import-only: row 22 % 5's stored image; idx 0 = level 1, native: live view
+    got, _ = f(jnp.int32(22), world)
+    np.testing.assert_array_equal(got, bank.images[22 % len(INSTANCES)])
+    got, live = f(jnp.int32(0), world)
+    np.testing.assert_array_equal(got, live)
+    # vmapped over indices == per index
+    idx = jnp.arange(45)
+    worlds = jax.tree.map(lambda a: a[idx % len(INSTANCES)], bank.worlds)
+    many, _ = jax.jit(jax.vmap(f))(idx, worlds)
+    for i in (0, 5, 22, 44):
+        w = jax.tree.map(lambda a, i=i: a[i % len(INSTANCES)], bank.worlds)
+        np.testing.assert_array_equal(many[i], f(jnp.int32(i), w)[0])
