@@ -1,19 +1,22 @@
 """The environment tokenizer's training corpus, collected from the environments themselves.
 
-    python -m evol_jax.envtext_corpus --out evol_jax/assets/envtext --vocab_size 1024
+    python -m evol_jax.envtext_corpus --out evol_jax/assets/envtext --vocab_size 1536
 
 runs BabyAI, TextCraft (the shipped recipe set), Maze and Wordle on the host in both modes
 (default and ``agentgym_compat``): their scripted experts and episodes of random actions over many
 instances. It collects every text the environments and AgentGym's client produce: observations
 (``env.render_text``, which includes BabyAI's ``Available actions`` list and every error reply an
 illegal action gets), the action strings, the expert's ``Thought:``/``Action:`` turns, the client's
-first-turn prompts (`evol_jax.prompts`), the out-of-table error replies of a few fixed bad texts,
-plus every word of every environment's word table. It then trains the tokenizer with
+first-turn prompts (`evol_jax.prompts`), the error replies of a few fixed bad texts and of the
+expert's TextCraft crafts resent with wrong counts (served by ``step_text``), plus every word of every environment's word table. It then trains the tokenizer with
 `evol_jax.text.train_tokenizer` (`TRAINER_OPTIONS`) and writes ``<out>.model``.
 
 Reproducible: fixed PRNG seeds and instance indices, the corpus is split into lines (``"\\n"`` is a
 user-defined piece, so no piece crosses a line anyway) and sorted, and SentencePiece trains on
-one thread (`train_tokenizer`), so two runs write byte-identical models (tested).
+one thread (`train_tokenizer`), so two runs write byte-identical models (tested). The defaults
+reproduce the shipped model (1,482 pieces, sha256 ``93fdced6...``; 344,261 corpus lines; about
+15 minutes on a loaded 2-core CPU, mostly compiling BabyAI's batched rollouts). The vocabulary size
+was picked by measuring tokens per recorded AgentGym observation (README, "Text on device").
 """
 
 from __future__ import annotations
@@ -297,7 +300,7 @@ def train(lines: Sequence[str], out_prefix: str, vocab_size: int) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="Train the environment tokenizer on env text.")
     ap.add_argument("--out", required=True, help="model prefix: writes <out>.model")
-    ap.add_argument("--vocab_size", type=int, default=1024)
+    ap.add_argument("--vocab_size", type=int, default=1536, help="requested; the shipped: 1536")
     ap.add_argument("--envs", default=",".join(ENVS))
     ap.add_argument("--expert_instances", type=int, default=CorpusConfig.expert_instances)
     ap.add_argument("--random_instances", type=int, default=CorpusConfig.random_instances)
