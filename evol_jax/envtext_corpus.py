@@ -8,8 +8,9 @@ instances. It collects every text the environments and AgentGym's client produce
 (``env.render_text``, which includes BabyAI's ``Available actions`` list and every error reply an
 illegal action gets), the action strings, the expert's ``Thought:``/``Action:`` turns, the client's
 first-turn prompts (`evol_jax.prompts`), the error replies of a few fixed bad texts and of the
-expert's TextCraft crafts resent with wrong counts (served by ``step_text``), plus every word of every environment's word table. It then trains the tokenizer with
-`evol_jax.text.train_tokenizer` (`TRAINER_OPTIONS`) and writes ``<out>.model``.
+expert's TextCraft crafts resent with wrong counts (served by ``step_text``), plus every word of
+every environment's word table. It then trains the tokenizer with `evol_jax.text.train_tokenizer`
+(`TRAINER_OPTIONS`) and writes ``<out>.model``.
 
 Reproducible: fixed PRNG seeds and instance indices, the corpus is split into lines (``"\\n"`` is a
 user-defined piece, so no piece crosses a line anyway) and sorted, and SentencePiece trains on
