@@ -175,3 +175,27 @@ def test_decode_option_reaches_the_samplers(tmp_path, setup):
     stripped = expert_records(envs.make("maze"), [0])[0]["conversations"]
     assert with_thoughts[3]["value"].startswith("Thought:\nI am at position")
     assert stripped[3]["value"].startswith("Thought:\n\n\nAction:\n")
+
+
+@pytest.mark.slow
+def test_free_decoding_run(tmp_path, setup):
+    """A whole (tiny) AgentEvol run exploring and evaluating with free generation: explored
+    records hold the generated turns and their parse counts, evaluation reports invalid turns."""
+    tok, model, _ = setup
+    env = envs.make("maze", codec=PolicyCodec(tok), max_rounds=2)
+    d_s = expert_records(envs.make("maze"), [0, 1], thoughts=True)
+    ev = Evolver(
+        str(tmp_path), model, tok, {"maze": env}, d_s, explore={"maze": [2, 3]},
+        evaluate={"maze": [20, 21]},
+        bc=BCConfig(peak_lr=1e-3, micro_batch=8, grad_accum=1, seq_len=2048, updates=2),
+        cfg=EvolConfig(iterations=1, num_samples=2, temperature=1.0), log=lambda *_: None,
+        decode="free", max_new_tokens=8,
+    )  # fmt: skip
+    results = ev.run()
+    explored = evol_mod.read_jsonl(str(tmp_path / "iter_1" / "explored.jsonl"))
+    assert len(explored) == 4
+    for r in explored:
+        assert {"invalid_turns", "unserved", "reward"} <= set(r) and not r["unserved"]
+        gpt = [t["value"] for t in r["conversations"][3::2]]
+        assert 1 <= len(gpt) <= 2 and r["invalid_turns"] <= len(gpt)
+    assert set(results) == {0, 1} and "invalid_turns" in results[1]["maze"]
