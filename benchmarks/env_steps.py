@@ -1,30 +1,39 @@
 """Environment steps/s: vmapped JAX text environments vs minigrid's Python BabyAI and the HTTP path.
 
-For each of Maze, Wordle, TextCraft and BabyAI (corrected mode, ``agentgym_compat=False``):
+For each of Maze, Wordle, TextCraft and BabyAI (corrected mode, ``agentgym_compat=False``), and
+BabyAI's primitive/image mode (`evol_jax.envs.babyai_primitive`):
 
 * **JAX, batched**: ``jax.jit`` of a ``lax.scan`` of ``T`` steps of ``jax.vmap(env.step)`` over
-  ``B`` environments (B = 1, 64, 1024), each step taking a uniformly random *legal* action (from
-  the timestep's legal-action mask). A finished environment is put back to its reset state inside
-  the scan (a select, so every step of every row is a real step). Reset throughput
-  (``jax.vmap(env.reset)``) is timed separately. Compile time (trace + lower + compile) is
-  reported apart from run time; every timed call ends with ``block_until_ready``; the median of
-  ``repeats`` timed calls is reported.
-* **minigrid** (BabyAI only): minigrid's own Python ``BabyAI-GoToRedBallGrey-v0`` (the level the
+  ``B`` environments (B = 1, 64, 256, 1024, 4096; BabyAI's high-level text env up to 1024), each
+  step taking a uniformly random *legal* action (`pick_legal`, from the timestep's legal-action
+  mask; primitive mode: a uniformly random primitive among minigrid's first 6, as
+  `minigrid_run` draws). Every step's observation (token ids; primitive mode: the 7x7x3 image)
+  is folded into a checksum the rollout returns, so XLA cannot skip building it. A finished
+  environment is put back to its reset state inside the scan (`auto_reset`, so every step of
+  every row is a real step). Reset throughput (``jax.vmap(env.reset)``) is timed separately.
+  Compile time (trace + lower + compile) is reported apart from run time; every timed call ends
+  with ``block_until_ready``; the median of ``repeats`` timed calls is reported.
+* **minigrid** (BabyAI rows): minigrid's own Python ``BabyAI-GoToRedBallGrey-v0`` (the level the
   JAX BabyAI rows use: AgentGym level 1, ``idx = 40 k``), uniformly random primitive actions,
-  resetting on ``terminated`` / ``truncated``; primitive steps/s. The JAX BabyAI rows count both
-  high-level steps (one AgentGym action, a compiled plan of primitives) and the primitive steps
-  executed inside them (minigrid ``step_count`` increments), so the primitive ratio compares like
-  with like.
-* **HTTP**: our AgentGym-compatible server (``python -m evol_jax.serve --env NAME`` on
-  127.0.0.1, a separate process) driven by the pooled asynchronous client
-  (`evol_jax.client.AgentGymClient.run_episodes`, ``concurrency`` episodes in flight) with a random
-  valid action text per step; steps/s counts ``/step`` replies (create / reset / close included in
-  the wall time, as in a rollout).
+  resetting on ``terminated`` / ``truncated``; primitive steps/s, each step returning its image
+  observation. The JAX BabyAI text rows count both high-level steps (one AgentGym action, a
+  compiled plan of primitives) and the primitive steps executed inside them (minigrid
+  ``step_count`` increments); the primitive-mode rows are primitive steps with the image only,
+  i.e. exactly what minigrid's ``env.step`` does.
+* **HTTP** (text envs): our AgentGym-compatible server (``python -m evol_jax.serve --env NAME``
+  on 127.0.0.1, a separate process) driven by the pooled asynchronous client
+  (`evol_jax.client.AgentGymClient.run_episodes`, ``concurrency`` episodes in flight) with a
+  random valid action text per step; steps/s counts ``/step`` replies (create / reset / close
+  included in the wall time, as in a rollout).
+
+Ratios reported per row: x our HTTP path; x AgentGym over HTTP and (BabyAI) in-process, as
+recorded on this CPU with the parity data (issue 7: BabyAI 191 in-process / 107 HTTP, TextCraft
+251, Maze 289, Wordle 192 steps/s; the AgentGym servers are not installed here, so these are
+constants, labelled as such); x minigrid primitive steps/s measured in the same run and x the
+recorded 4,100/s.
 
 All implementations of one environment are timed interleaved (harness.time_interleaved), so load
-from other jobs on this shared CPU hits them alike. The AgentGym servers themselves are not
-installed here: the figures measured on this CPU when the parity data was recorded (issue 7) are
-reported next to ours as constants, labelled as such.
+from other jobs on this shared CPU hits them alike.
 
     python -m benchmarks.run --only env_steps --out benchmarks/results
     python -m benchmarks.env_steps --quick
@@ -55,11 +64,13 @@ from benchmarks.harness import (
 )
 
 NAME = "env_steps"
-ENVS = ("maze", "wordle", "textcraft", "babyai")
-BATCHES = (1, 64, 1024)
+ENVS = ("maze", "wordle", "textcraft", "babyai", "babyai_primitive")
+BATCHES = (1, 64, 256, 1024, 4096)
+# BabyAI's high-level step (plan execution + one action search per observation) is far heavier:
+# B=4096 would take minutes per timed call on the 2-core CPU
+BATCHES_FOR = {"babyai": (1, 64, 1024)}
 QUICK_BATCHES = (1, 8)
-# steps per compiled rollout; BabyAI's step (plan execution + a ~700-pop search) is far heavier
-SCAN_STEPS = {"maze": 64, "wordle": 64, "textcraft": 64, "babyai": 16}
+SCAN_STEPS = {"maze": 64, "wordle": 64, "textcraft": 64, "babyai": 16, "babyai_primitive": 64}
 QUICK_SCAN_STEPS = 8
 BABYAI_LEVEL = 1  # BabyAI-GoToRedBallGrey-v0; JAX idx = 40 k selects it
 MINIGRID_STEPS = 2000
@@ -72,12 +83,17 @@ UPSTREAM_RECORDED = {
     "maze": {"http": 289.0},
     "wordle": {"http": 192.0},
 }
+UPSTREAM_RECORDED["babyai_primitive"] = {"minigrid_primitive": 4100.0}
 
 
 # ------------------------------------------------------------------------------------- JAX
 
 
 def make_env(name: str):
+    if name == "babyai_primitive":
+        from evol_jax.envs.babyai_primitive import BabyAIPrimitive
+
+        return BabyAIPrimitive()
     from evol_jax.envs import make
 
     return make(name, agentgym_compat=False)
@@ -85,7 +101,7 @@ def make_env(name: str):
 
 def _indices(name: str, batch: int) -> jax.Array:
     k = jnp.arange(batch, dtype=jnp.int32)
-    return k * 40 + (BABYAI_LEVEL - 1) if name == "babyai" else k
+    return k * 40 + (BABYAI_LEVEL - 1) if name.startswith("babyai") else k
 
 
 def pick_legal(u: jax.Array, legal: jax.Array) -> jax.Array:
@@ -113,10 +129,28 @@ def pick_legal(u: jax.Array, legal: jax.Array) -> jax.Array:
     return (k * 32 + j).astype(jnp.int32)
 
 
+def auto_reset(done: jax.Array, new: Any, state: Any, init: Any) -> Any:
+    """``where(done, init, new)`` leaf by leaf, skipping leaves the step passed through.
+
+    A leaf of ``new`` that *is* the corresponding leaf of ``state`` (the same traced value: the
+    step never writes it, e.g. BabyAI's box contents or mission object sets) still holds its
+    reset value, because it started from ``init`` and nothing changes it, so selecting it
+    again would only copy it. Same result as the plain select, less memory traffic.
+    """
+    return jax.tree.map(lambda a, s, b: a if a is s else jnp.where(done, b, a), new, state, init)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    """int32 sum of an observation (wrapping): consumed so that XLA cannot drop its computation."""
+    return jnp.sum(x.astype(jnp.int32))
+
+
 def make_rollout(env, name: str, steps: int):
-    """``rollout(state0, legal0, key) -> (steps, primitive steps, final state)``, batched.
+    """``rollout(state0, legal0, key) -> (primitive steps, observation checksum, final state)``.
 
     ``state0`` is a batch of reset states (the auto-reset target), ``legal0`` their legal masks.
+    Every step's observation tokens are folded into a checksum that the rollout returns, so the
+    timed program builds every observation (an unused observation would be dead code to XLA).
     """
     babyai = name == "babyai"
 
@@ -129,9 +163,9 @@ def make_rollout(env, name: str, steps: int):
             else jnp.int32(0)
         )
         done = ts.done
-        new = jax.tree.map(lambda a, b: jnp.where(done, b, a), new, init)
+        new = auto_reset(done, new, state, init)
         legal = jnp.where(done, init_legal, ts.legal_actions)
-        return new, legal, prims
+        return new, legal, prims, _checksum(jnp.where(ts.obs_mask, ts.obs_tokens, 0))
 
     vone = jax.vmap(one)
 
@@ -139,14 +173,44 @@ def make_rollout(env, name: str, steps: int):
         batch = legal0.shape[0]
 
         def body(carry, k):
-            s, legal, n_prim = carry
-            s, legal, prims = vone(s, legal, state0, legal0, jax.random.uniform(k, (batch,)))
-            return (s, legal, n_prim + jnp.sum(prims)), None
+            s, legal, n_prim, check = carry
+            u = jax.random.uniform(k, (batch,))
+            s, legal, prims, c = vone(s, legal, state0, legal0, u)
+            return (s, legal, n_prim + jnp.sum(prims), check + jnp.sum(c)), None
 
-        (s, _, n_prim), _ = jax.lax.scan(
-            body, (state0, legal0, jnp.int32(0)), jax.random.split(key, steps)
-        )
-        return n_prim, s
+        init = (state0, legal0, jnp.int32(0), jnp.int32(0))
+        (s, _, n_prim, check), _ = jax.lax.scan(body, init, jax.random.split(key, steps))
+        return n_prim, check, s
+
+    return rollout
+
+
+def make_primitive_rollout(env, steps: int):
+    """BabyAI primitive/image mode: ``rollout(world0, key) -> (steps, image checksum, world)``.
+
+    Uniformly random primitives among minigrid's first 6 (left, right, forward, pickup, drop,
+    toggle: the actions `minigrid_run` draws), finished episodes reset inside the scan; every
+    step's 7x7x3 image is folded into the returned checksum (so it is computed).
+    """
+
+    def one(world, init, a):
+        new, ts = env.step(world, a)
+        return auto_reset(ts.done, new, world, init), _checksum(ts.image)
+
+    vone = jax.vmap(one)
+
+    def rollout(world0, key):
+        batch = world0.step_count.shape[0]
+
+        def body(carry, k):
+            w, check = carry
+            a = jax.random.randint(k, (batch,), 0, 6, dtype=jnp.int32)
+            w, c = vone(w, world0, a)
+            return (w, check + jnp.sum(c)), None
+
+        init = (world0, jnp.int32(0))
+        (w, check), _ = jax.lax.scan(body, init, jax.random.split(key, steps))
+        return jnp.int32(batch * steps), check, w
 
     return rollout
 
@@ -160,14 +224,20 @@ def jax_case(env, name: str, batch: int, steps: int) -> dict[str, Any]:
     state0, ts0 = block(reset_c(keys, idx))
     if name == "babyai" and bool(jnp.any(state0.invalid)):
         raise RuntimeError("env_steps: BabyAI reset of a non-native level")
-    rollout = jax.jit(make_rollout(env, name, steps))
     key = jax.random.key(1)
-    roll_c, roll_compile = compile_jitted(rollout, state0, ts0.legal_actions, key)
+    if name == "babyai_primitive":
+        rollout = jax.jit(make_primitive_rollout(env, steps))
+        roll_c, roll_compile = compile_jitted(rollout, state0, key)
+        call = lambda: roll_c(state0, key)  # noqa: E731
+    else:
+        rollout = jax.jit(make_rollout(env, name, steps))
+        roll_c, roll_compile = compile_jitted(rollout, state0, ts0.legal_actions, key)
+        call = lambda: roll_c(state0, ts0.legal_actions, key)  # noqa: E731
     return {
         "batch": batch,
         "steps": steps,
         "reset": lambda: reset_c(keys, idx),
-        "rollout": lambda: roll_c(state0, ts0.legal_actions, key),
+        "rollout": call,
         "reset_compile_s": reset_compile,
         "rollout_compile_s": roll_compile,
     }
@@ -279,10 +349,14 @@ def http_run(url: str, name: str, policy, episodes: int, rounds: int, concurrenc
 # ------------------------------------------------------------------------------------- run
 
 
+def batches_for(name: str, quick: bool) -> tuple[int, ...]:
+    return QUICK_BATCHES if quick else BATCHES_FOR.get(name, BATCHES)
+
+
 def run_env(name: str, quick: bool, repeats: int) -> tuple[list[dict], dict]:
     env = make_env(name)
     steps = QUICK_SCAN_STEPS if quick else SCAN_STEPS[name]
-    cases = [jax_case(env, name, b, steps) for b in (QUICK_BATCHES if quick else BATCHES)]
+    cases = [jax_case(env, name, b, steps) for b in batches_for(name, quick)]
     fns: dict[str, Any] = {}
     for c in cases:
         fns[f"reset{c['batch']}"] = c["reset"]
@@ -290,37 +364,42 @@ def run_env(name: str, quick: bool, repeats: int) -> tuple[list[dict], dict]:
 
     def counted(label, fn):
         def call():
-            n_prim, s = fn()
+            n_prim, check, s = fn()
             prim_counts[label] = int(n_prim)
-            return s
+            return check, s
 
         return call
 
     for c in cases:
         fns[f"jax{c['batch']}"] = counted(f"jax{c['batch']}", c["rollout"])
     mg_steps = MINIGRID_STEPS // (10 if quick else 1)
-    if name == "babyai":
+    babyai = name.startswith("babyai")
+    if babyai:
         fns["minigrid"] = lambda: minigrid_run(mg_steps)
     episodes = HTTP_EPISODES // (4 if quick else 1)
     rounds = HTTP_ROUNDS // (2 if quick else 1)
-    server = Server(name)
     http_steps: dict[str, int] = {}
+    server = None if name == "babyai_primitive" else Server(name)  # no text: no HTTP path
     try:
-        policy = http_policy(env, name, 0)
-        # warm the server's jitted reset/step (compiled on first use) outside the timing
-        http_run(server.url, name, policy, 2, 2, 2)
+        if server is not None:
+            policy = http_policy(env, name, 0)
+            # warm the server's jitted reset/step (compiled on first use) outside the timing
+            http_run(server.url, name, policy, 2, 2, 2)
 
-        def http_call():
-            http_steps["n"] = http_run(server.url, name, policy, episodes, rounds, HTTP_CONCURRENCY)
+            def http_call():
+                http_steps["n"] = http_run(
+                    server.url, name, policy, episodes, rounds, HTTP_CONCURRENCY
+                )
 
-        fns["http"] = http_call
+            fns["http"] = http_call
         timings = time_interleaved(fns, warmup=1, repeats=repeats)
     finally:
-        server.close()
+        if server is not None:
+            server.close()
     rows = []
     up = UPSTREAM_RECORDED[name]
-    http_sps = http_steps["n"] / timings["http"].median
-    mg_sps = mg_steps / timings["minigrid"].median if name == "babyai" else None
+    http_sps = http_steps["n"] / timings["http"].median if server is not None else None
+    mg_sps = mg_steps / timings["minigrid"].median if babyai else None
     for c in cases:
         b = c["batch"]
         t: Timing = timings[f"jax{b}"]
@@ -332,24 +411,29 @@ def run_env(name: str, quick: bool, repeats: int) -> tuple[list[dict], dict]:
             "ms/call (median)": t.median * 1e3,
             "compile s": c["rollout_compile_s"],
             "resets/s": b / timings[f"reset{b}"].median,
-            "x HTTP (ours)": sps / http_sps,
-            "x HTTP (AgentGym, recorded)": sps / up["http"],
         }
-        if name == "babyai":
+        if http_sps is not None:
+            row["x HTTP (ours)"] = sps / http_sps
+            row["x HTTP (AgentGym, recorded)"] = sps / up["http"]
+        if "in_process" in up:
+            row["x AgentGym in-process (recorded)"] = sps / up["in_process"]
+        if babyai:
             psps = prim_counts[f"jax{b}"] / t.median
             row["primitive steps/s"] = psps
             row["x minigrid (primitive)"] = psps / mg_sps
+            row["x minigrid (recorded 4,100/s)"] = psps / up["minigrid_primitive"]
         rows.append(row)
-    rows.append(
-        {
-            "env": name,
-            "impl": f"HTTP: evol_jax.serve + pooled client ({HTTP_CONCURRENCY} in flight)",
-            "steps/s": http_sps,
-            "ms/call (median)": timings["http"].median * 1e3,
-            "x HTTP (AgentGym, recorded)": http_sps / up["http"],
-        }
-    )
-    if name == "babyai":
+    if http_sps is not None:
+        rows.append(
+            {
+                "env": name,
+                "impl": f"HTTP: evol_jax.serve + pooled client ({HTTP_CONCURRENCY} in flight)",
+                "steps/s": http_sps,
+                "ms/call (median)": timings["http"].median * 1e3,
+                "x HTTP (AgentGym, recorded)": http_sps / up["http"],
+            }
+        )
+    if babyai:
         rows.append(
             {
                 "env": name,
@@ -364,7 +448,7 @@ def run_env(name: str, quick: bool, repeats: int) -> tuple[list[dict], dict]:
             f"B={c['batch']}": {"reset": c["reset_compile_s"], "rollout": c["rollout_compile_s"]}
             for c in cases
         },
-        "http_steps_per_call": http_steps["n"],
+        "http_steps_per_call": http_steps.get("n"),
         "primitive_steps_per_call": prim_counts,
         "upstream_recorded_steps_per_s": up,
     }
@@ -397,32 +481,38 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
         "description": "environment steps/s: vmapped JAX envs vs minigrid and the HTTP path",
         "agentgym_compat": False,
         "scan_steps": {n: QUICK_SCAN_STEPS if quick else SCAN_STEPS[n] for n in ENVS},
-        "batches": list(QUICK_BATCHES if quick else BATCHES),
+        "batches": {n: list(batches_for(n, quick)) for n in ENVS},
         "babyai_level": BABYAI_LEVEL,
         "best_ratios": best,
         "details": details,
         "rows": rows,
         "environment": env_info,
+        "loadavg_after": list(os.getloadavg()),
     }
 
 
 def summary(result: dict[str, Any]) -> str:
     parts = []
     for name, b in result["best_ratios"].items():
-        s = f"{name}: {b['x HTTP (ours)']:.0f}x our HTTP path, "
-        s += f"{b['x HTTP (AgentGym, recorded)']:.0f}x AgentGym's recorded HTTP figure"
+        bits = []
+        if "x HTTP (ours)" in b:
+            bits.append(f"{b['x HTTP (ours)']:,.0f}x our HTTP path")
+            bits.append(f"{b['x HTTP (AgentGym, recorded)']:,.0f}x AgentGym's recorded HTTP figure")
+        if "x AgentGym in-process (recorded)" in b:
+            bits.append(f"{b['x AgentGym in-process (recorded)']:,.0f}x AgentGym in-process")
         if "x minigrid (primitive)" in b:
-            s += f", {b['x minigrid (primitive)']:.1f}x minigrid primitive steps/s"
-        parts.append(s + f" ({b['impl']})")
+            bits.append(f"{b['x minigrid (primitive)']:,.1f}x minigrid primitive steps/s")
+        parts.append(f"{name}: {', '.join(bits)} ({b['impl']})")
     env = result["environment"]
     return (
-        "Corrected mode (`agentgym_compat=False`), random legal actions, finished envs reset "
-        f"inside the scan; best batch per env: {'; '.join(parts)}. Goals (issue 7): 100x "
-        "minigrid, 1000x the AgentGym environments. The AgentGym columns divide by the figures "
-        "measured on this CPU when the parity data was recorded (BabyAI 107, TextCraft 251, "
-        "Maze 289, Wordle 192 steps/s over HTTP), not re-measured here. Load average before "
-        f"the run: {env.get('loadavg_before')} on {env.get('cpu_count')} CPUs (shared machine: "
-        "noisy)."
+        "Corrected mode (`agentgym_compat=False`), random legal actions (BabyAI primitive mode: "
+        "random primitives), every observation built, finished envs reset inside the scan; "
+        f"best batch per env: {'; '.join(parts)}. Goals (issue 7): 100x minigrid, 1000x the "
+        "AgentGym environments. The AgentGym columns divide by the figures measured on this "
+        "CPU when the parity data was recorded (BabyAI 191 in-process / 107 over HTTP, "
+        "TextCraft 251, Maze 289, Wordle 192 steps/s over HTTP), not re-measured here. Load "
+        f"average before the run: {env.get('loadavg_before')}, after: "
+        f"{result.get('loadavg_after')} on {env.get('cpu_count')} CPUs (shared machine: noisy)."
     )
 
 

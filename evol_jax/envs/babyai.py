@@ -109,6 +109,44 @@ def _obs_tail(an, body, n, width):
     return core._cat([(body, n), (jnp.asarray(bw.ids("actions:")), 1), (lst, ln)], width)
 
 
+def draw_world(key, idx, bank, who: str = "BabyAI.reset"):
+    """The world of instance ``idx`` (level ``idx % 40 + 1``), shared by the text and primitive
+    envs: generated on device for `babyai_gen.NATIVE_LEVELS`, else row ``idx % bank size`` of
+    ``bank`` (`BabyAI.bank_from_minigrid`).
+
+    Returns:
+      ``(world, goal_words, goal_len, invalid)``; ``invalid``: a non-native level and no bank
+      (only under jit: a concrete such ``idx`` raises ``ValueError`` naming ``who``).
+    """
+    try:
+        level = int(idx) % 40 + 1
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        level = None
+    if level is not None and level not in gen.NATIVE_LEVELS and bank is None:
+        raise ValueError(
+            f"{who}: level {level} ({LEVELS[level]}) has no native generator and there "
+            "is no instance bank; call env.use_bank(env.bank_from_minigrid(...)) or use "
+            "reset_from_minigrid / reset_from_record"
+        )
+    idx = jnp.asarray(idx, jnp.int32)
+    native = sorted(gen.NATIVE_LEVELS)
+    lv = idx % 40 + 1
+    branch = jnp.sum(jnp.asarray(native) < lv).astype(jnp.int32)
+    is_native = jnp.any(jnp.asarray(native) == lv)
+    branch = jnp.where(is_native, branch, len(native))
+
+    def bank_branch(k):
+        if bank is None:
+            return gen.generate(k, native[0])
+        worlds, goals, glens = bank
+        i = idx % glens.shape[0]
+        return jax.tree.map(lambda a: a[i], worlds), goals[i], glens[i]
+
+    branches = [lambda k, lv=lv_: gen.generate(k, lv) for lv_ in native] + [bank_branch]
+    world, goal, glen = jax.lax.switch(branch, branches, key)
+    return world, goal, glen, ~is_native & (bank is None)
+
+
 class BufferOverflow(ValueError):
     """A BabyAI observation or search did not fit its fixed-size buffer (see the message)."""
 
@@ -215,35 +253,8 @@ class BabyAI(Env):
         ``idx % bank size``). A concrete ``idx`` of a level with neither raises ``ValueError``;
         under jit (traced ``idx``) such a row comes back with ``state.invalid`` and ``done`` set.
         """
-        try:
-            level = int(idx) % 40 + 1
-        except (TypeError, jax.errors.ConcretizationTypeError):
-            level = None
-        if level is not None and level not in gen.NATIVE_LEVELS and self._bank is None:
-            raise ValueError(
-                f"BabyAI.reset: level {level} ({LEVELS[level]}) has no native generator and there "
-                "is no instance bank; call env.use_bank(env.bank_from_minigrid(...)) or use "
-                "reset_from_minigrid / reset_from_record"
-            )
-        idx = jnp.asarray(idx, jnp.int32)
-        native = sorted(gen.NATIVE_LEVELS)
-        lv = idx % 40 + 1
-        branch = jnp.sum(jnp.asarray(native) < lv).astype(jnp.int32)
-        is_native = jnp.any(jnp.asarray(native) == lv)
-        branch = jnp.where(is_native, branch, len(native))
-        bank = self._bank
-
-        def bank_branch(k):
-            if bank is None:
-                return gen.generate(k, native[0])
-            worlds, goals, glens = bank
-            i = idx % glens.shape[0]
-            return jax.tree.map(lambda a: a[i], worlds), goals[i], glens[i]
-
-        branches = [lambda k, lv=lv_: gen.generate(k, lv) for lv_ in native] + [bank_branch]
-        world, goal, glen = jax.lax.switch(branch, branches, key)
+        world, goal, glen, invalid = draw_world(key, idx, self._bank, "BabyAI.reset")
         state, ts = self.init_state(world, goal, glen)
-        invalid = ~is_native & (bank is None)
         state = state.replace(invalid=invalid, done=state.done | invalid)
         return state, ts.replace(done=state.done)
 

@@ -18,13 +18,14 @@ def test_rollout_equals_python_loop_with_auto_reset():
     state0, ts0 = jax.vmap(env.reset)(keys, idx)
     key = jax.random.key(1)
     rollout = jax.jit(chex.assert_max_traces(env_steps.make_rollout(env, "maze", steps), n=1))
-    n_prim, final = rollout(state0, ts0.legal_actions, key)
+    n_prim, check, final = rollout(state0, ts0.legal_actions, key)
     assert int(n_prim) == 0  # primitive steps are counted for BabyAI only
     step = jax.jit(env.step)
     row = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
     states = [row(state0, i) for i in range(batch)]
     legal = [np.asarray(ts0.legal_actions[i]) for i in range(batch)]
     resets = 0
+    total = 0
     pick = jax.jit(env_steps.pick_legal)
     for k in jax.random.split(key, steps):
         u = jax.random.uniform(k, (batch,))
@@ -32,12 +33,14 @@ def test_rollout_equals_python_loop_with_auto_reset():
             a = pick(u[i], jnp.asarray(legal[i]))
             assert legal[i][int(a)]
             states[i], ts = step(states[i], a)
+            total += int(np.sum(np.where(ts.obs_mask, ts.obs_tokens, 0)))
             if bool(ts.done):
                 states[i], legal[i] = row(state0, i), np.asarray(ts0.legal_actions[i])
                 resets += 1
             else:
                 legal[i] = np.asarray(ts.legal_actions)
     assert resets >= 2 * batch
+    assert int(check) == np.int32(total)  # every step's observation tokens were built
     for i in range(batch):
         chex.assert_trees_all_equal(states[i], row(final, i))
     rollout(state0, ts0.legal_actions, key)  # same shapes: no retrace
@@ -57,3 +60,31 @@ def test_pick_legal_is_the_floor_u_n_th_legal_id():
             ids = np.flatnonzero(legal)
             want = ids[min(int(u * np.float32(len(ids))), len(ids) - 1)]
             assert int(pick(jnp.float32(u), jnp.asarray(legal))) == want, (width, t)
+
+
+def test_primitive_rollout_equals_python_loop():
+    """BabyAI primitive/image mode: scan(vmap(step)) with random primitives and auto-reset ==
+    a Python loop; the checksum covers every step's image."""
+    env = env_steps.make_env("babyai_primitive")
+    batch, steps = 2, 12
+    keys = jax.random.split(jax.random.key(0), batch)
+    w0 = jax.vmap(lambda k, i: env.reset(k, i)[0])(keys, env_steps._indices("babyai", batch))
+    w0 = w0.replace(max_steps=jnp.full((batch,), 5, jnp.int32))  # episodes end inside the scan
+    key = jax.random.key(1)
+    n, check, final = jax.jit(env_steps.make_primitive_rollout(env, steps))(w0, key)
+    assert int(n) == batch * steps
+    step = jax.jit(env.step)
+    row = lambda tree, i: jax.tree.map(lambda a: a[i], tree)  # noqa: E731
+    worlds = [row(w0, i) for i in range(batch)]
+    total = resets = 0
+    for k in jax.random.split(key, steps):
+        acts = jax.random.randint(k, (batch,), 0, 6, dtype=jnp.int32)
+        for i in range(batch):
+            worlds[i], ts = step(worlds[i], acts[i])
+            total += int(np.sum(np.asarray(ts.image, np.int64)))
+            if bool(ts.done):
+                worlds[i] = row(w0, i)
+                resets += 1
+    assert resets >= batch and int(check) == np.int32(total)
+    for i in range(batch):
+        chex.assert_trees_all_equal(worlds[i], row(final, i))
