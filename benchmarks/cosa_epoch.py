@@ -5,9 +5,12 @@ shapes: 2717 training samples, T = 20, (text, audio, vision) dims (300, 74, 35);
 ``iemocap_code_compat`` (batch 128 with drop_last: 21 steps per epoch, emb 128, 8 heads, FF 2048,
 replay capacity 1000).
 
-* JAX: ``cosa_jax.train.train_epoch`` with the step compiled ahead of time
-  (``train_step_donated.lower(...).compile()``, reported as ``compile_s``), the state donated;
-  each timed epoch ends with ``jax.block_until_ready``.
+* JAX: ``cosa_jax.train.train_epoch`` with the step compiled ahead of time from shapes alone
+  (``cosa_jax.train.compile_train_step``, reported as ``compile_s``) before the state is built
+  and the data loaded, ``core_jax.memory.malloc_trim`` after compiling and after building the
+  state (``--no-compile-first`` / ``--no-trim`` restore the old order); the state donated; each
+  timed epoch ends with ``jax.block_until_ready``. The model's memory options (``--remat``,
+  ``--scan-modalities``, ``--ff-chunks``) default to the config's and are recorded.
 * PyTorch: :class:`benchmarks.cosa_torch.TorchCoSATrainer` (the same model, losses and step,
   parity-tested in ``tests/cosa_jax/test_torch_twin.py``), eager, with the official replay buffer
   (a Python list of per-sample tensor copies, oldest half dropped when full).
@@ -77,13 +80,36 @@ def _median(xs: list[float]) -> float:
 # ----------------------------------------------------------------------------------------- workers
 
 
-def _load(path: str):
+def _load(path: str, with_valid: bool = True):
     from cosa_jax import data as D
 
-    return D.load(path, "train", "mult"), D.load(path, "valid", "mult")
+    return D.load(path, "train", "mult"), (D.load(path, "valid", "mult") if with_valid else None)
 
 
-def worker_jax(path: str, epochs: int, warmup: int, full_run: bool) -> dict[str, Any]:
+def _jax_config(opts: dict[str, Any]):
+    import dataclasses
+
+    from cosa_jax.configs import get_config
+
+    cfg = get_config("iemocap_code_compat")
+    model = dataclasses.replace(
+        cfg.model,
+        remat=opts.get("remat", cfg.model.remat),
+        scan_modalities=opts.get("scan_modalities", cfg.model.scan_modalities),
+        ff_chunks=opts.get("ff_chunks", cfg.model.ff_chunks),
+    )
+    return dataclasses.replace(cfg, model=model)
+
+
+def worker_jax(
+    path: str, epochs: int, warmup: int, full_run: bool, opts: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One JAX process. ``opts``: ``remat``, ``scan_modalities``, ``ff_chunks`` (model memory
+    options, default: the config's), ``compile_first`` (compile the step from shapes before the
+    state and the data exist, default True) and ``trim`` (``core_jax.memory.malloc_trim`` after
+    compiling and after building the state, plus ``jax.clear_caches()`` after the state,
+    default True)."""
+    opts = dict(opts or {})
     try:
         from core_jax import cpu_flags
 
@@ -92,22 +118,37 @@ def worker_jax(path: str, epochs: int, warmup: int, full_run: bool) -> dict[str,
         pass
     import jax
 
+    from core_jax import memory
     from cosa_jax import train as T
-    from cosa_jax.configs import get_config
     from cosa_jax.data import iterate_batches
 
+    compile_first, trim = opts.get("compile_first", True), opts.get("trim", True)
+    cfg = _jax_config(opts)
+
+    def stage(name: str) -> None:
+        if trim:
+            memory.malloc_trim()
+        stages[name] = _mem()
+
     stages = {"start": _mem()}
-    train, valid = _load(path)
-    stages["loaded"] = _mem()
-    cfg = get_config("iemocap_code_compat")
-    state = T.make_train_state(cfg, train, seed=1111)
-    jax.block_until_ready(state)
-    stages["state_built"] = _mem()
-    first = T._strip(next(iterate_batches(train, cfg.data.batch_size, drop_last=True)))
+    train = valid = None
+    if not compile_first:
+        train, valid = _load(path, full_run)
+        stages["loaded"] = _mem()
+        first = T._strip(next(iterate_batches(train, cfg.data.batch_size, drop_last=True)))
     t0, c0 = time.perf_counter(), _cpu_s()
-    compiled = T.train_step_donated.lower(state, first).compile()
+    compiled = T.compile_train_step(cfg, None if compile_first else first)
     compile_s, compile_cpu_s = time.perf_counter() - t0, _cpu_s() - c0
-    stages["compiled"] = _mem()
+    temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    stage("compiled")
+    state = T.make_train_state(cfg, T.batch_spec(cfg), seed=1111)
+    jax.block_until_ready(state)
+    if trim:  # drop the init program and tracing caches (the step is held in `compiled`)
+        jax.clear_caches()
+    stage("state_built")
+    if compile_first:
+        train, valid = _load(path, full_run)
+        stages["loaded"] = _mem()
     times, cpu = [], []
     for e in range(warmup + epochs):
         t0, c0 = time.perf_counter(), _cpu_s()
@@ -122,9 +163,17 @@ def worker_jax(path: str, epochs: int, warmup: int, full_run: bool) -> dict[str,
         "impl": "jax",
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0]),
+        "options": {
+            "remat": cfg.model.remat,
+            "scan_modalities": cfg.model.scan_modalities,
+            "ff_chunks": cfg.model.ff_chunks,
+            "compile_first": compile_first,
+            "trim": trim,
+        },
         "steps_per_epoch": T.steps_per_epoch(cfg, train),
         "compile_s": compile_s,
         "compile_cpu_s": compile_cpu_s,
+        "xla_temp_mb": temp_mb,
         "epoch_s": times,
         "epoch_cpu_s": cpu,
         "last_epoch_metrics": metrics,
@@ -164,7 +213,7 @@ def worker_torch(path: str, epochs: int, warmup: int) -> dict[str, Any]:
     from cosa_jax.configs import get_config
 
     stages = {"start": _mem()}
-    train, _ = _load(path)
+    train, _ = _load(path, with_valid=False)
     stages["loaded"] = _mem()
     cfg = get_config("iemocap_code_compat")
     tw = TorchCoSATrainer(cfg, seed=1111)
@@ -194,7 +243,24 @@ def worker_torch(path: str, epochs: int, warmup: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- driver
 
 
-def _spawn(impl: str, path: str, epochs: int, warmup: int, full_run: bool) -> dict[str, Any]:
+def _opts_argv(opts: dict[str, Any]) -> list[str]:
+    argv = []
+    if "remat" in opts:
+        argv += ["--remat", str(opts["remat"])]
+    if "scan_modalities" in opts:
+        argv += ["--scan-modalities", "1" if opts["scan_modalities"] else "0"]
+    if "ff_chunks" in opts:
+        argv += ["--ff-chunks", str(opts["ff_chunks"])]
+    if not opts.get("compile_first", True):
+        argv.append("--no-compile-first")
+    if not opts.get("trim", True):
+        argv.append("--no-trim")
+    return argv
+
+
+def _spawn(
+    impl: str, path: str, epochs: int, warmup: int, full_run: bool, opts: dict | None = None
+) -> dict[str, Any]:
     from benchmarks.harness import _cpu_busy_fraction, _loadavg
 
     load = {"loadavg": _loadavg(), "cpu_busy_fraction": _cpu_busy_fraction()}
@@ -206,6 +272,8 @@ def _spawn(impl: str, path: str, epochs: int, warmup: int, full_run: bool) -> di
         ]  # fmt: skip
         if full_run:
             cmd.append("--full-run")
+        if impl == "jax":
+            cmd += _opts_argv(opts or {})
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         subprocess.run(cmd, check=True, cwd=root, env=env)
@@ -221,6 +289,8 @@ def run(
     rounds: int = 1,
     warmup: int = 1,
     data_dir: str | None = None,
+    jax_opts: dict[str, Any] | None = None,
+    impls: tuple[str, ...] = ("jax", "torch"),
 ) -> dict[str, Any]:
     """Both workers on the same synthetic IEMOCAP-shaped file; returns the JSON-able result.
 
@@ -230,6 +300,9 @@ def run(
       rounds: worker pairs run one after the other (jax, torch, jax, torch, ...).
       warmup: untimed epochs first (the JAX compile is separate and not in any epoch).
       data_dir: where to write the pickle (default a temporary directory).
+      jax_opts: JAX worker options (see :func:`worker_jax`; default: the config's model
+        options, compile first, trim).
+      impls: which workers to run (``("jax",)``: no speed-up ratio, JAX figures only).
     """
     import jax
 
@@ -242,12 +315,12 @@ def run(
     with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
         path = os.path.join(tmp, "iemocap_data.pkl")
         synthetic.write_mult(path, "iemocap", n_train=N_TRAIN, seq_len=SEQ_LEN, seed=0)
-        workers: dict[str, list[dict[str, Any]]] = {"jax": [], "torch": []}
+        workers: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
         for r in range(rounds):
-            for impl in ("jax", "torch"):
+            for impl in impls:
                 full = gpu and impl == "jax" and r == 0 and not quick
                 print(f"   {impl} worker, round {r + 1}/{rounds}", flush=True)
-                workers[impl].append(_spawn(impl, path, epochs, warmup, full))
+                workers[impl].append(_spawn(impl, path, epochs, warmup, full, jax_opts))
     per: dict[str, dict[str, Any]] = {}
     for impl, runs in workers.items():
         ts = [t for w in runs for t in w["epoch_s"]]
@@ -262,7 +335,6 @@ def run(
             "peak_rss_mb": max(w["peak_rss_mb"] for w in runs),
             "steps_per_epoch": runs[0]["steps_per_epoch"],
         }
-    j, t = per["jax"], per["torch"]
     rows = []
     for impl, p in per.items():
         rows.append({
@@ -287,8 +359,7 @@ def run(
         "warmup_epochs": warmup,
         "rounds": rounds,
         "per_impl": per,
-        "speedup_jax_over_torch_wall": t["epoch_median_s"] / j["epoch_median_s"],
-        "speedup_jax_over_torch_cpu": t["epoch_cpu_median_s"] / j["epoch_cpu_median_s"],
+        "jax_options": workers["jax"][0].get("options") if "jax" in workers else None,
         "original_code": ORIGINAL,
         "targets": TARGETS,
         "workers": workers,
@@ -296,7 +367,11 @@ def run(
         "environment": env,
         "loadavg_after": list(os.getloadavg()),
     }
-    full_runs = [w["full_run"] for w in workers["jax"] if "full_run" in w]
+    if "jax" in per and "torch" in per:
+        j, t = per["jax"], per["torch"]
+        result["speedup_jax_over_torch_wall"] = t["epoch_median_s"] / j["epoch_median_s"]
+        result["speedup_jax_over_torch_cpu"] = t["epoch_cpu_median_s"] / j["epoch_cpu_median_s"]
+    full_runs = [w["full_run"] for w in workers.get("jax", []) if "full_run" in w]
     if full_runs:
         result["gpu_full_run"] = full_runs[0]
     return result
@@ -307,13 +382,27 @@ def _loads(values) -> str:
 
 
 def summary(result: dict[str, Any]) -> str:
-    j, t = result["per_impl"]["jax"], result["per_impl"]["torch"]
-    env = result["environment"]
+    per, env = result["per_impl"], result["environment"]
+    parts = []
+    if "speedup_jax_over_torch_wall" in result:
+        parts.append(
+            f"JAX / PyTorch twin epoch speed-up **{result['speedup_jax_over_torch_wall']:.2f}x** "
+            f"wall ({result['speedup_jax_over_torch_cpu']:.2f}x in process CPU seconds)"
+        )
+    for impl, name in (("jax", "JAX"), ("torch", "PyTorch")):
+        if impl in per:
+            p = per[impl]
+            parts.append(
+                f"{name} {p['epoch_median_s']:.1f} s / {p['epoch_cpu_median_s']:.1f} CPU-s per "
+                f"epoch, peak RSS {p['peak_rss_mb']:.0f} MB"
+            )
+    if "jax" in per:
+        parts.append(
+            f"JAX compile {per['jax']['compile_median_s']:.1f} s (not in any epoch), options "
+            f"{result.get('jax_options')}"
+        )
     s = (
-        f"JAX / PyTorch twin epoch speed-up **{result['speedup_jax_over_torch_wall']:.2f}x** "
-        f"wall ({result['speedup_jax_over_torch_cpu']:.2f}x in process CPU seconds); peak RSS "
-        f"JAX {j['peak_rss_mb']:.0f} MB, PyTorch {t['peak_rss_mb']:.0f} MB; JAX compile "
-        f"{j['compile_median_s']:.1f} s (not in any epoch). Median of "
+        "; ".join(parts) + ". Median of "
         f"{result['epochs_per_worker']} epochs x {result['rounds']} round(s) per side after "
         f"{result['warmup_epochs']} warm-up epoch(s). Targets: >= 3x, JAX < 1 GB; the official "
         f"code: ~{ORIGINAL['epoch_s']:.0f} s/epoch and {ORIGINAL['peak_rss_gb']} GB on a 2-core "
@@ -337,11 +426,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per worker")
     parser.add_argument("--rounds", type=int, default=1, help="jax/torch worker pairs")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--remat", help="JAX model.remat (none, ff, ff_relu, layer)")
+    parser.add_argument("--scan-modalities", type=int, choices=(0, 1), help="JAX model option")
+    parser.add_argument("--ff-chunks", type=int, help="JAX model.ff_chunks")
+    parser.add_argument("--no-compile-first", action="store_true", help="load data first")
+    parser.add_argument("--no-trim", action="store_true", help="no malloc_trim")
+    parser.add_argument("--only", choices=("jax", "torch"), help="run one side only")
+    parser.add_argument("--tag", help="write cosa_epoch_TAG.json instead of cosa_epoch.json")
     parser.add_argument("--out", default="benchmarks/results", help="output directory")
     args = parser.parse_args(argv)
+    opts: dict[str, Any] = {
+        "compile_first": not args.no_compile_first,
+        "trim": not args.no_trim,
+    }
+    if args.remat is not None:
+        opts["remat"] = args.remat
+    if args.scan_modalities is not None:
+        opts["scan_modalities"] = bool(args.scan_modalities)
+    if args.ff_chunks is not None:
+        opts["ff_chunks"] = args.ff_chunks
     if args.worker:
         if args.worker == "jax":
-            res = worker_jax(args.data, args.epochs, args.warmup, args.full_run)
+            res = worker_jax(args.data, args.epochs, args.warmup, args.full_run, opts)
         else:
             res = worker_torch(args.data, args.epochs, args.warmup)
         with open(args.worker_out, "w") as f:
@@ -350,10 +456,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.harness import markdown_table, write_json
 
-    res = run(quick=args.quick, repeats=args.epochs, rounds=args.rounds, warmup=args.warmup)
+    res = run(
+        quick=args.quick, repeats=args.epochs, rounds=args.rounds, warmup=args.warmup,
+        jax_opts=opts, impls=(args.only,) if args.only else ("jax", "torch"),
+    )  # fmt: skip
     res["command"] = "python -m benchmarks.cosa_epoch " + " ".join(argv or sys.argv[1:])
     res["markdown"] = f"## {NAME}\n\n{summary(res)}\n\n{markdown_table(res['rows'])}\n"
-    write_json(os.path.join(args.out, f"{NAME}.json"), res)
+    tag = f"_{args.tag}" if args.tag else ""
+    write_json(os.path.join(args.out, f"{NAME}{tag}.json"), res)
     print(res["markdown"])
     return 0
 

@@ -78,6 +78,86 @@ class TorchDense(nn.Module):
         return y
 
 
+class DenseParams(nn.Module):
+    """The ``kernel`` and ``bias`` of a :class:`TorchDense` (same names, shapes and init),
+    returned as arrays so a caller can apply them inside ``jax.checkpoint`` / ``custom_vjp``."""
+
+    fan_in: int
+    features: int
+
+    @nn.compact
+    def __call__(self) -> tuple[Array, Array]:
+        init = _torch_uniform(self.fan_in)
+        k = self.param("kernel", init, (self.fan_in, self.features))
+        return k, self.param("bias", init, (self.features,))
+
+
+REMAT_MODES = ("none", "ff", "ff_relu", "layer")
+
+
+def _ff(x: Array, w1: Array, b1: Array, w2: Array, b2: Array) -> Array:
+    return jax.nn.relu(x @ w1 + b1) @ w2 + b2
+
+
+@jax.custom_vjp
+def ff_save_relu(x: Array, w1: Array, b1: Array, w2: Array, b2: Array) -> Array:
+    """``relu(x W1 + b1) W2 + b2`` whose backward pass keeps only ``h = relu(x W1 + b1)``
+    (plus ``x`` and the weights): the ReLU mask is recovered as ``h > 0``, which is exactly
+    ``jax.nn.relu``'s derivative (0 at 0), so gradients equal plain autodiff's."""
+    return _ff(x, w1, b1, w2, b2)
+
+
+def _ff_fwd(x, w1, b1, w2, b2):
+    h = jax.nn.relu(x @ w1 + b1)
+    return h @ w2 + b2, (x, h, w1, w2)
+
+
+def _ff_bwd(res, dy):
+    x, h, w1, w2 = res
+    lead = tuple(range(dy.ndim - 1))
+    dh = jnp.where(h > 0, dy @ w2.T, 0.0)
+    dw2 = jnp.tensordot(h, dy, axes=(lead, lead))
+    dw1 = jnp.tensordot(x, dh, axes=(lead, lead))
+    return dh @ w1.T, dw1, jnp.sum(dh, lead), dw2, jnp.sum(dy, lead)
+
+
+ff_save_relu.defvjp(_ff_fwd, _ff_bwd)
+
+
+def feed_forward(
+    x: Array, w1: Array, b1: Array, w2: Array, b2: Array, remat: str = "none", chunks: int = 1
+) -> Array:
+    """``relu(x W1 + b1) W2 + b2`` over the last axis of ``x``.
+
+    Args:
+      x: ``(..., d)``.
+      w1, b1, w2, b2: the two linear maps.
+      remat: ``ff`` recomputes ``x W1`` in the backward pass (``jax.checkpoint``), ``ff_relu``
+        keeps only the ReLU output (:func:`ff_save_relu`); anything else: plain autodiff.
+      chunks: process the ``prod(x.shape[:-1])`` rows in this many slices, one after the
+        other (``jax.lax.scan``, each slice rematerialised), so the ``(rows, ff_dim)`` hidden
+        activations and their gradients exist one slice at a time; the weight gradients are
+        summed over slices (same values up to float rounding). Rows that do not split evenly
+        are padded with zero rows whose outputs are discarded.
+
+    Raises:
+      ValueError: ``chunks < 1``.
+    """
+    fn = {"ff": jax.checkpoint(_ff), "ff_relu": ff_save_relu}.get(remat, _ff)
+    if chunks < 1:
+        raise ValueError(f"ff_chunks={chunks}: must be >= 1")
+    if chunks == 1:
+        return fn(x, w1, b1, w2, b2)
+    rows, d = math.prod(x.shape[:-1]), x.shape[-1]
+    size = -(-rows // chunks)
+    flat = x.reshape(rows, d)
+    if size * chunks != rows:  # zero rows pad the last slice; their outputs are dropped below,
+        flat = jnp.pad(flat, ((0, size * chunks - rows), (0, 0)))  # so they get no gradient
+    body = jax.checkpoint(lambda carry, xc: (carry, _ff(xc, w1, b1, w2, b2)))
+    _, ys = jax.lax.scan(body, None, flat.reshape(chunks, size, d))
+    return ys.reshape(chunks * size, -1)[:rows].reshape(x.shape[:-1] + (w2.shape[-1],))
+
+
 class BatchNorm1d(nn.Module):
     """``torch.nn.BatchNorm1d`` over the last axis of ``(B, C)`` inputs, with a row mask.
 
@@ -148,10 +228,20 @@ class DPSRBlock(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """``torch.nn.TransformerEncoderLayer`` (post-norm, ReLU, dropout 0 as the official code)."""
+    """``torch.nn.TransformerEncoderLayer`` (post-norm, ReLU, dropout 0 as the official code).
+
+    ``remat`` trades memory for time in the backward pass (same values and gradients up to
+    float rounding; the parameter tree is the same for every mode): ``none`` (autodiff keeps what
+    XLA chooses), ``ff`` (the feed-forward block under ``jax.checkpoint``: only its input is kept,
+    ``x W1`` is recomputed), ``ff_relu`` (:func:`ff_save_relu`: keeps one ``(.., ff_dim)`` buffer,
+    the ReLU output, no recomputation). ``layer`` (the whole layer under ``jax.checkpoint``) is
+    applied by :func:`apply_encoder_layers`, which is how the actor and critic run their layers.
+    """
 
     num_heads: int
     ff_dim: int
+    remat: str = "none"
+    ff_chunks: int = 1
 
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
@@ -162,8 +252,51 @@ class EncoderLayer(nn.Module):
         q, k, v = jnp.split(x @ w_in + b_in, 3, axis=-1)
         att = TorchDense(d, zero_bias=True, name="out_proj")(_mha(q, k, v, self.num_heads, mask))
         x = nn.LayerNorm(epsilon=1e-5, name="norm1")(x + att)
-        ff = TorchDense(d, name="linear2")(jax.nn.relu(TorchDense(self.ff_dim, name="linear1")(x)))
+        w1, b1 = DenseParams(d, self.ff_dim, name="linear1")()
+        w2, b2 = DenseParams(self.ff_dim, d, name="linear2")()
+        ff = feed_forward(x, w1, b1, w2, b2, self.remat, self.ff_chunks)
         return nn.LayerNorm(epsilon=1e-5, name="norm2")(x + ff)
+
+
+def apply_encoder_layers(
+    params: Sequence[dict],
+    xs: Sequence[Array],
+    masks: Sequence[Array],
+    num_heads: int,
+    ff_dim: int,
+    remat: str,
+    scan: bool,
+    ff_chunks: int = 1,
+) -> tuple[Array, ...]:
+    """Apply one :class:`EncoderLayer` per modality (``params[i]`` to ``xs[i]``), purely.
+
+    With ``scan`` and equal shapes across modalities the layers run as one ``jax.lax.scan`` over
+    the stacked parameters, so the backward pass handles one modality at a time and reuses its
+    scratch memory; unrolled, XLA keeps the three layers' scratch live together (measured in
+    ``benchmarks/NOTES.md``, "Co-SA epoch"). Unequal lengths (unaligned data) always unroll.
+    ``remat`` as :class:`EncoderLayer` (``layer``: ``jax.checkpoint`` around each layer).
+    Same values as calling the layers one by one (up to float rounding).
+    """
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat={remat!r}: one of {REMAT_MODES}")
+    # parent=None: a free-standing module (this may run inside another module's method)
+    layer = EncoderLayer(
+        num_heads, ff_dim, "none" if remat == "layer" else remat, ff_chunks, parent=None
+    )
+
+    def one(p, x, m):
+        return layer.apply({"params": p}, x, m)
+
+    if remat == "layer":
+        one = jax.checkpoint(one)
+    same = all(x.shape == xs[0].shape for x in xs) and all(m.shape == masks[0].shape for m in masks)
+    if not (scan and same and len(xs) > 1):
+        return tuple(one(p, x, m) for p, x, m in zip(params, xs, masks, strict=True))
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params)
+    _, hs = jax.lax.scan(
+        lambda carry, inp: (carry, one(*inp)), None, (stacked, jnp.stack(xs), jnp.stack(masks))
+    )
+    return tuple(hs[i] for i in range(len(xs)))
 
 
 def masked_mean(x: Array, mask: Array) -> Array:
@@ -337,10 +470,16 @@ class Actor(nn.Module):
 
     def predict(self, x: Triple, w: Triple, masks: Triple, train: bool, row_mask: Array | None):
         """Fuse ``x_m * w_m`` and run the head; returns formatted predictions."""
-        pooled = []
-        for i in range(3):
-            h = self.temporal[i](x[i] * w[i][..., None], masks[i])
-            pooled.append(masked_mean(h, masks[i]))
+        xw = tuple(x[i] * w[i][..., None] for i in range(3))
+        if self.is_initializing():  # create the parameters through the submodules
+            hs = tuple(self.temporal[i](xw[i], masks[i]) for i in range(3))
+        else:
+            c = self.cfg
+            ps = [self.variables["params"][f"temporal_{m}"] for m in MODALITIES]
+            hs = apply_encoder_layers(
+                ps, xw, masks, c.num_heads, c.ff_dim, c.remat, c.scan_modalities, c.ff_chunks
+            )
+        pooled = [masked_mean(hs[i], masks[i]) for i in range(3)]
         z = sum(pooled) / 3.0 if self.cfg.fusion == "add" else jnp.concatenate(pooled, -1)
         return format_predictions(self.head(z, train, row_mask), self.task)
 
@@ -361,12 +500,21 @@ class Critic(nn.Module):
     @nn.compact
     def __call__(self, s: Triple, w: Triple, masks: Triple, train: bool = False) -> Array:
         """Args: states ``(B, T_m, E)``, weights ``(B, T_m)``, masks. Returns ``(B,)``."""
-        h = self.cfg.num_heads
-        pooled = []
-        for i, name in enumerate(MODALITIES):
-            x = jnp.concatenate([s[i], jnp.repeat(w[i][..., None], h, axis=-1)], -1)
-            x = EncoderLayer(h, self.cfg.ff_dim, name=f"critic_{name}")(x, masks[i])
-            pooled.append(masked_mean(x, masks[i]))
+        h, c = self.cfg.num_heads, self.cfg
+        xs = tuple(
+            jnp.concatenate([s[i], jnp.repeat(w[i][..., None], h, axis=-1)], -1) for i in range(3)
+        )
+        if self.is_initializing():
+            hs = tuple(
+                EncoderLayer(h, c.ff_dim, name=f"critic_{m}")(xs[i], masks[i])
+                for i, m in enumerate(MODALITIES)
+            )
+        else:
+            ps = [self.variables["params"][f"critic_{m}"] for m in MODALITIES]
+            hs = apply_encoder_layers(
+                ps, xs, masks, h, c.ff_dim, c.remat, c.scan_modalities, c.ff_chunks
+            )
+        pooled = [masked_mean(hs[i], masks[i]) for i in range(3)]
         z = jnp.concatenate(pooled, -1)
         e = self.cfg.emb_dim
         z = TorchDense(2 * e, name="proj_0")(z)

@@ -437,6 +437,46 @@ train_step_donated = jax.jit(_train_step, donate_argnums=0)
 """:func:`train_step` donating the input state's buffers (for loops that drop the old state)."""
 
 
+def batch_spec(cfg: CoSAConfig) -> MSABatch:
+    """Shapes and dtypes (``jax.ShapeDtypeStruct``) of one training batch of aligned data under
+    ``cfg`` (every modality ``cfg.data.seq_len`` steps, text as feature vectors), as
+    :func:`train_epoch` feeds it to the step: what :func:`compile_train_step` needs to compile
+    before any data is loaded."""
+    b, t = cfg.data.batch_size, cfg.data.seq_len
+    d_text, d_audio, d_vision = cfg.data.dims
+    f32, sd = jnp.float32, jax.ShapeDtypeStruct
+    labels = sd((b, 4), jnp.int32) if cfg.data.task == "iemocap" else sd((b,), f32)
+    return MSABatch(
+        text=sd((b, t, d_text), f32), text_ids=None, text_bert=None,
+        audio=sd((b, t, d_audio), f32), vision=sd((b, t, d_vision), f32),
+        text_mask=sd((b, t), jnp.bool_), audio_mask=sd((b, t), jnp.bool_),
+        vision_mask=sd((b, t), jnp.bool_), labels=labels, valid=sd((b,), jnp.bool_),
+    )  # fmt: skip
+
+
+def compile_train_step(cfg: CoSAConfig, batch: MSABatch | None = None, donate: bool = True):
+    """Compile the train step ahead of time from shapes alone (no state, no data).
+
+    Compiling first and calling ``core_jax.memory.malloc_trim`` afterwards keeps the compiler's
+    scratch (several hundred MB for the IEMOCAP config) out of the process's peak, which then
+    stays below what the compiler needs plus the data and state (``benchmarks/cosa_epoch.py``).
+
+    Args:
+      cfg: the run config.
+      batch: a batch (arrays or ``ShapeDtypeStruct``) of the shapes to compile for; default
+        :func:`batch_spec` ``(cfg)``.
+      donate: compile :data:`train_step_donated` (else :data:`train_step`).
+
+    Returns:
+      A compiled ``step(state, batch) -> (state, metrics)`` for states built by
+      :func:`make_train_state` ``(cfg, ...)``.
+    """
+    spec = batch_spec(cfg) if batch is None else _strip(batch)
+    spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), spec)
+    state = jax.eval_shape(lambda: make_train_state(cfg, spec, 0))
+    return (train_step_donated if donate else train_step).lower(state, spec).compile()
+
+
 # ----------------------------------------------------------------------------------------- epochs
 
 

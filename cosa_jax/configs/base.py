@@ -79,6 +79,18 @@ class ModelConfig:
         2048 in the official code).
       shared_layer_init: build the three per-modality actor/critic layers from one initial
         value (the official code's single layer object).
+      remat: memory/time trade-off of the actor/critic transformer layers' backward pass
+        (``cosa_jax.models.EncoderLayer``): ``none``, ``ff``, ``ff_relu`` or ``layer``
+        (default: each layer recomputed in the backward pass). Values and gradients are the
+        same in every mode up to float rounding (tested).
+      scan_modalities: run the three per-modality actor/critic layers as one ``lax.scan`` when
+        the modalities have equal lengths (``cosa_jax.models.apply_encoder_layers``).
+      ff_chunks: run each feed-forward block over this many slices of the batch x time rows,
+        one after the other (``cosa_jax.models.feed_forward``).
+        The defaults (``layer``, scan, 4 slices) cut XLA's scratch memory of the IEMOCAP
+        code-compat step from ~760 MB to ~316 MB for a ~5-15% longer step (measured in
+        ``benchmarks/NOTES.md``, "Co-SA epoch"); ``remat="none", scan_modalities=False,
+        ff_chunks=1`` is the plain (fastest, largest) step.
     """
 
     emb_dim: int = 128
@@ -90,6 +102,9 @@ class ModelConfig:
     advice_reduce: str = "mean"
     ff_dim: int = 2048
     shared_layer_init: bool = False
+    remat: str = "layer"
+    scan_modalities: bool = True
+    ff_chunks: int = 4
 
     def __post_init__(self):
         _check(self.fusion in ("add", "cat"), f"model.fusion={self.fusion!r}: 'add' or 'cat'")
@@ -97,6 +112,11 @@ class ModelConfig:
         _check(self.advice_temperature > 0, "model.advice_temperature must be > 0")
         _check(self.advice_reduce in ("sum", "mean"), f"model.advice_reduce={self.advice_reduce!r}")
         _check(self.ff_dim > 0, "model.ff_dim must be > 0")
+        _check(
+            self.remat in ("none", "ff", "ff_relu", "layer"),
+            f"model.remat={self.remat!r}: 'none', 'ff', 'ff_relu' or 'layer'",
+        )
+        _check(self.ff_chunks >= 1, f"model.ff_chunks={self.ff_chunks}: must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

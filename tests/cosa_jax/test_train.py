@@ -1,6 +1,8 @@
 """cosa_jax.train: jit == eager, no retracing, learning the planted signal, paper vs code-compat
 quirks (DPSR ceiling and gradients, advice, targets, shared init, reward, replay), plateau."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -281,3 +283,34 @@ def test_bad_input(splits):
         jax.eval_shape(T._train_step, st, T._strip(small))
     with pytest.raises(ValueError, match="text feature vectors"):
         T.input_triples(small.replace(text=None))
+
+
+@pytest.mark.parametrize(
+    ("remat", "scan", "chunks"),
+    [
+        ("layer", True, 4),  # the default
+        pytest.param("none", True, 1, marks=pytest.mark.slow),
+        pytest.param("ff_relu", False, 2, marks=pytest.mark.slow),
+    ],
+)
+def test_remat_and_scan_give_the_same_step(paper, splits, remat, scan, chunks):
+    """The memory options change what the backward pass keeps, not the numbers: the whole
+    objective, its parts and every gradient agree with the unrolled, non-rematerialised step
+    (state after training, so the critic/actor path is active)."""
+    st = paper["state"]
+    assert int(st.buffer.size) > st.cfg.data.batch_size
+    batch = _first_batch(splits["train"], st.cfg)
+
+    def with_model(**kw):
+        return dataclasses.replace(st.cfg, model=dataclasses.replace(st.cfg.model, **kw))
+
+    ref_cfg = with_model(remat="none", scan_modalities=False, ff_chunks=1)
+    cfg = with_model(remat=remat, scan_modalities=scan, ff_chunks=chunks)
+    assert cfg != ref_cfg
+    t0, a0, g0 = jax.jit(T.loss_and_grads)(st.replace(cfg=ref_cfg), batch)
+    t1, a1, g1 = jax.jit(T.loss_and_grads)(st.replace(cfg=cfg), batch)
+    np.testing.assert_allclose(float(t1), float(t0), rtol=1e-6)
+    for k in a0:
+        np.testing.assert_allclose(float(a1[k]), float(a0[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
