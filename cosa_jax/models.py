@@ -133,7 +133,8 @@ def feed_forward(
       x: ``(..., d)``.
       w1, b1, w2, b2: the two linear maps.
       remat: ``ff`` recomputes ``x W1`` in the backward pass (``jax.checkpoint``), ``ff_relu``
-        keeps only the ReLU output (:func:`ff_save_relu`); anything else: plain autodiff.
+        keeps only the ReLU output (:func:`ff_save_relu`; measured no faster than plain
+        autodiff on XLA:CPU); anything else: plain autodiff. Ignored when ``chunks > 1``.
       chunks: process the ``prod(x.shape[:-1])`` rows in this many slices, one after the
         other (``jax.lax.scan``, each slice rematerialised), so the ``(rows, ff_dim)`` hidden
         activations and their gradients exist one slice at a time; the weight gradients are
