@@ -375,9 +375,40 @@ def has_text_steps(task: Task) -> bool:
     )
 
 
+def parse_episodes(text: str) -> tuple[int | None, dict[str, int]]:
+    """Parses ``--episodes``: ``N`` or ``N,TASK=M,...`` or ``TASK=M,...``.
+
+    Returns:
+      ``(default or None, {task: episodes})``.
+
+    Raises:
+      ValueError: naming the malformed item.
+    """
+    default, per_task = None, {}
+    for item in (s.strip() for s in str(text).split(",")):
+        if not item:
+            continue
+        name, eq, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"--episodes {text!r}: {value!r} is not an integer") from None
+        if n < 1:
+            raise ValueError(f"--episodes {text!r}: {item!r} must be >= 1")
+        if eq:
+            if not name:
+                raise ValueError(f"--episodes {text!r}: empty task name in {item!r}")
+            per_task[name] = n
+        elif default is not None:
+            raise ValueError(f"--episodes {text!r}: two default counts")
+        else:
+            default = n
+    return default, per_task
+
+
 def generate(
     names: Sequence[str],
-    episodes: int,
+    episodes: int | Mapping[str, int],
     out: str,
     *,
     seed: int = 0,
@@ -391,7 +422,9 @@ def generate(
 
     Args:
       names: task names (:func:`resolve_tasks`).
-      episodes: episodes per task (seeds ``seed .. seed + episodes - 1``).
+      episodes: episodes per task (seeds ``seed .. seed + episodes - 1``), or a mapping
+        ``{task: episodes}`` covering every name (tasks with short episodes, e.g. BabyAI,
+        need many more episodes than long ones for a similar number of steps).
       out: TFDS data directory (created).
       seed: first episode seed.
       max_steps: cap on steps per episode (default: each task's ``max_steps``).
@@ -406,8 +439,16 @@ def generate(
     from gato_jax.input_pipeline import write_rlds_dataset
 
     tfds.disable_progress_bar()
-    if episodes < 1:
-        raise ValueError(f"--episodes={episodes} must be >= 1")
+    if isinstance(episodes, Mapping):
+        missing = [n for n in names if n not in episodes]
+        if missing:
+            raise ValueError(f"episodes: no count for {', '.join(missing)}")
+        counts = {n: int(episodes[n]) for n in names}
+    else:
+        counts = {n: int(episodes) for n in names}
+    for n, c in counts.items():
+        if c < 1:
+            raise ValueError(f"--episodes={c} for {n} must be >= 1")
     os.makedirs(out, exist_ok=True)
     for n in names:
         path = os.path.join(out, n, DATA_VERSION)
@@ -417,13 +458,15 @@ def generate(
             shutil.rmtree(path)
     t0 = time.perf_counter()
     # One bar for rollouts and writes; TFDS's own bars and prints are silenced.
-    bar = progress(len(names) * (episodes + 1), desc="datagen", disable=True if quiet else None)
+    bar = progress(
+        sum(counts.values()) + len(names), desc="datagen", disable=True if quiet else None
+    )
     generated: dict[str, list] = {}
     for n in names:
         task = get_task(n)
         bar.set_postfix(task=n)
         eps = []
-        for i in range(episodes):
+        for i in range(counts[n]):
             eps.append(rlds_episode(task, seed + i, max_steps=max_steps))
             bar.update(1)
         generated[n] = eps
@@ -436,7 +479,7 @@ def generate(
     report: dict[str, Any] = {
         "version": DATA_VERSION,
         "seed": seed,
-        "episodes": episodes,
+        "episodes": counts,
         "max_steps": max_steps,
         "file_format": file_format,
         "tokenizer": "tokenizer.model" if tokenizer else None,
@@ -465,7 +508,8 @@ def generate(
             "data": f"tfds:{n}@{os.path.abspath(out)}",
             "env_id": task.env_id,
             "instruction": task.instruction,
-            "seeds": [seed, seed + episodes],
+            "episodes": counts[n],
+            "seeds": [seed, seed + counts[n]],
             "max_steps": task.max_steps if max_steps is None else min(task.max_steps, max_steps),
             "random_return": num(task.random_return),
             "expert_return": num(task.expert_return),
@@ -595,7 +639,7 @@ def _print_report(report: Mapping[str, Any]) -> None:
             (
                 n,
                 t["domain"],
-                str(report["episodes"]),
+                str(t["episodes"]),
                 f"{t['mean_steps']:.1f}",
                 f(t["generated_mean_return"]),
                 f(t["random_return"]),
@@ -627,7 +671,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated task names, domain names, 'all' or 'available' (default: every "
         f"task whose packages are installed). Tasks: {', '.join(list_tasks())}",
     )
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    parser.add_argument(
+        "--episodes",
+        default="10",
+        help="episodes per task: N, or N,TASK=M,... to give some tasks their own count",
+    )
     parser.add_argument("--out", help="output TFDS data directory")
     parser.add_argument("--seed", type=int, default=0, help="first episode seed")
     parser.add_argument("--max_steps", type=int, help="cap on steps per episode")
@@ -678,9 +726,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required (unless --measure_returns)")
+    try:
+        default, per_task = parse_episodes(args.episodes)
+        unknown = [n for n in per_task if n not in names]
+        if unknown:
+            raise ValueError(f"--episodes names tasks not in --tasks: {', '.join(unknown)}")
+        if default is None and len(per_task) < len(names):
+            raise ValueError("--episodes: give a default count (N,TASK=M,...)")
+    except ValueError as e:
+        parser.error(str(e))
     report = generate(
         names,
-        args.episodes,
+        {n: per_task.get(n, default) for n in names},
         args.out,
         seed=args.seed,
         max_steps=args.max_steps,

@@ -1,30 +1,43 @@
 """Mini-Gato demo: multi-domain expert data -> a few minutes of training on CPU -> evaluation.
 
-Command: ``python -m gato_jax.demo --workdir runs/gato_demo`` (rerun: every stage resumes or
-reuses what is already in the workdir; ``--tasks`` / ``--train_steps`` change the run).
+Commands::
+
+    python -m gato_jax.demo --workdir runs/gato_demo                 # recipe "demo", minutes
+    python -m gato_jax.demo --recipe long --workdir runs/gato_long   # all 13 tasks, ~1 hour
+
+(rerun: every stage resumes or reuses what is already in the workdir; ``--tasks`` /
+``--train_steps`` / ``--data_episodes`` / ``--eval_episodes`` / ``--time_budget`` change the
+run.)
 
 Stages (each the library's own CLI, called in-process):
 
-1. ``python -m gato_jax.datagen``: expert episodes of ``cartpole`` (control) and samples of
+1. ``python -m gato_jax.datagen``: expert episodes of the environment tasks and samples of
    ``vl_shapes`` (image | caption) and ``text_corpus`` (sentences), written as RLDS datasets
-   with a SentencePiece tokenizer trained on their text (``WORKDIR/data``);
-2. ``python -m gato_jax.main --config gato_tiny --data gen:WORKDIR/data:...``: one 2-block
-   Gato trained on the mixture, control actions, captions and text together
-   (``WORKDIR/run``; checkpoints, metrics.jsonl);
-3. ``python -m gato_jax.evaluate``: the control task is played by a batched, KV-cached
+   with a SentencePiece tokenizer trained on their text (``WORKDIR/data``; per-task episode
+   counts, :attr:`Recipe.episodes_per_task`);
+2. ``python -m gato_jax.main --config gato_tiny --data gen:WORKDIR/data:...``: one Gato trained
+   on the mixture, control actions, captions and text together (``WORKDIR/run``; checkpoints,
+   metrics.jsonl), stopped early by ``--time_budget`` where the recipe has one;
+3. ``python -m gato_jax.evaluate``: every environment task is played by a batched, KV-cached
    :class:`~gato_jax.policy.GatoPolicy` prompted with a successful expert demonstration and
    scored 0 (random policy) .. 100 (expert); ``vl_shapes`` images the model never saw (fresh
-   seeds) are captioned greedily and compared with their reference captions; text perplexity.
-   The table, per-domain means and sample captions are printed and written to
-   ``WORKDIR/eval`` (results.json / results.md / scores.png).
+   seeds) are captioned greedily and compared with their reference captions (exact match,
+   token accuracy, per-object colour / shape / place accuracy); text perplexity. The table,
+   per-domain means and sample captions are printed and written to ``WORKDIR/eval``
+   (results.json / results.md / scores.png).
 
-Demo settings (:data:`TRAIN_OVERRIDES`, all ordinary ``--set`` overrides of ``gato_tiny``):
-96-token windows (one vl image + caption, or ~16 CartPole steps, fit), batch 16, peak learning
-rate 1e-2 (warm-up 30 steps, cosine to 1e-3 over the run), no stochastic depth (a 2-block
-model trained this briefly does not need it), and a 512-piece text vocabulary
-(``tokenizer.text_vocab_size=512``, so the model's vocabulary is 512 + 1024 + 1 = 1537 ids
-instead of the paper's 33,025; the output layer over 33k ids was ~90% of a step's FLOPs). The
-token layout and loss are the paper's; only the id ranges are smaller.
+Recipes (:data:`RECIPES`, all settings ordinary ``--set`` overrides of ``gato_tiny``; both use
+a 512-piece text vocabulary, so the model's vocabulary is 512 + 1024 + 1 = 1537 ids instead of
+the paper's 33,025, and no stochastic depth; the token layout and loss are the paper's):
+
+* ``demo``: ``cartpole``, ``babyai_goto_redball``, ``vl_shapes`` (2,000 episodes = 10,000
+  images: with 500 images the captions were memorised) and ``text_corpus``; the 2-block
+  d_model-64 model, 200-token windows (one BabyAI step is up to 182 tokens, and the policy's
+  context must hold the 16-token prompt plus one step), batch 12, 1,200 steps, peak learning
+  rate 1e-2 (warm-up 30, cosine to 1e-3).
+* ``long``: all 13 tasks; 4 blocks, d_model 128, 256-token windows, batch 16, 1,000 steps
+  (cosine) with a 35-minute training budget, so that data, training and evaluation aim at an
+  hour on the 2-core CPU.
 
 Runtime and result: see the README section (measured numbers, with the load they were measured
 under). The numbers printed are what the trained model does, not a claim.
@@ -33,28 +46,132 @@ under). The numbers printed are what the trained model does, not a claim.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 
-DATA_TASKS = "cartpole,vl_shapes,text_corpus"
-# Mixture weights of the training run (tasks absent from --tasks are dropped).
-WEIGHTS = {"cartpole": 2.0, "vl_shapes": 3.0, "text_corpus": 0.5}
-TRAIN_OVERRIDES = (
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One demo recipe: data, mixture, ``gato_tiny`` overrides, steps and evaluation.
+
+    Attributes:
+      tasks: comma-separated task names (``--tasks`` overrides; weights and episode counts of
+        tasks not listed are ignored).
+      episodes: expert episodes (or samples) per task; ``episodes_per_task`` overrides it per
+        task (BabyAI episodes are a few steps long, Meta-World's 150, Pong's 500).
+      weights: mixture weight (probability of a training row) per task, default 1.
+      overrides: ``--set`` overrides of ``gato_tiny``.
+      train_steps: optimizer steps (``--train_steps`` overrides); the cosine schedule ends there.
+      time_budget: seconds of training after which the run stops and checkpoints early
+        (``None``: no limit).
+      eval_episodes: rollouts per environment task (batched), and vl/text samples.
+    """
+
+    tasks: str
+    episodes: int
+    weights: dict
+    overrides: tuple
+    train_steps: int
+    eval_episodes: int
+    episodes_per_task: dict = dataclasses.field(default_factory=dict)
+    time_budget: float | None = None
+
+
+# Shared by both recipes: a 512-piece text vocabulary (model vocabulary 512 + 1024 + 1 = 1537
+# ids instead of 33,025: the output layer over 33k ids was ~90% of a tiny model's FLOPs), no
+# stochastic depth, data loaded in the training thread.
+_COMMON = (
     "data_threads=0",
-    "batch_size=16",
-    "log_every=50",
-    "tokenizer.seq_len=96",
-    "model.transformer.max_len=96",
-    "tokenizer.max_patches=24",
     "tokenizer.text_vocab_size=512",
     "model.transformer.vocab_size=1537",
-    "optim.peak_lr=0.01",
-    "optim.end_lr=0.001",
-    "optim.warmup_steps=30",
     "model.transformer.stochastic_depth=0.0",
 )
+
+RECIPES = {
+    "demo": Recipe(
+        tasks="cartpole,babyai_goto_redball,vl_shapes,text_corpus",
+        episodes=100,
+        episodes_per_task={"babyai_goto_redball": 500, "vl_shapes": 2000},
+        weights={
+            "cartpole": 2.0,
+            "babyai_goto_redball": 2.0,
+            "vl_shapes": 3.0,
+            "text_corpus": 0.3,
+        },
+        overrides=(
+            *_COMMON,
+            "batch_size=12",
+            "log_every=50",
+            "tokenizer.seq_len=200",
+            "model.transformer.max_len=200",
+            "tokenizer.max_patches=48",
+            "optim.peak_lr=0.01",
+            "optim.end_lr=0.001",
+            "optim.warmup_steps=30",
+        ),
+        train_steps=1200,
+        eval_episodes=8,
+    ),
+    # Every task; 256-token windows (one BabyAI step is 182 tokens, a Pong step 27 with 25
+    # image patches), a 4-block d_model-128 model, and a 35-minute training budget so that
+    # data + training + evaluation stay within an hour on the 2-core CPU.
+    "long": Recipe(
+        tasks=(
+            "cartpole,acrobot,pendulum,mountaincar_continuous,babyai_goto_redball,"
+            "babyai_goto_local,babyai_pickup_loc,metaworld_reach,metaworld_push,"
+            "metaworld_drawer_open,atari_pong,vl_shapes,text_corpus"
+        ),
+        episodes=100,
+        episodes_per_task={
+            "babyai_goto_redball": 1000,
+            "babyai_goto_local": 1000,
+            "babyai_pickup_loc": 1000,
+            "metaworld_reach": 50,
+            "metaworld_push": 50,
+            "metaworld_drawer_open": 50,
+            "atari_pong": 30,
+            "vl_shapes": 400,
+            "text_corpus": 200,
+        },
+        weights={
+            "pendulum": 1.5,
+            "babyai_goto_redball": 2.5,
+            "babyai_goto_local": 2.5,
+            "babyai_pickup_loc": 2.5,
+            "metaworld_reach": 2.0,
+            "metaworld_push": 2.0,
+            "metaworld_drawer_open": 2.0,
+            "atari_pong": 2.0,
+            "text_corpus": 0.3,
+        },
+        overrides=(
+            *_COMMON,
+            "batch_size=16",
+            "log_every=25",
+            "checkpoint_every=100",
+            "tokenizer.seq_len=256",
+            "model.transformer.max_len=256",
+            "tokenizer.max_patches=256",
+            "model.transformer.d_model=128",
+            "model.transformer.num_layers=4",
+            "model.transformer.num_heads=4",
+            "model.transformer.mlp_dim=256",
+            "optim.peak_lr=0.005",
+            "optim.end_lr=0.0005",
+            "optim.warmup_steps=50",
+        ),
+        train_steps=1000,
+        time_budget=35 * 60.0,
+        eval_episodes=10,
+    ),
+}
+# Backwards-compatible names (the demo recipe).
+DATA_TASKS = RECIPES["demo"].tasks
+WEIGHTS = RECIPES["demo"].weights
+TRAIN_OVERRIDES = RECIPES["demo"].overrides
 
 
 def _print_captions(results_path: str, limit: int = 5) -> None:
@@ -71,44 +188,61 @@ def _print_captions(results_path: str, limit: int = 5) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default="runs/gato_demo")
-    parser.add_argument("--tasks", default=DATA_TASKS)
-    parser.add_argument("--data_episodes", type=int, default=100)
-    parser.add_argument("--train_steps", type=int, default=1500)
-    parser.add_argument("--eval_episodes", type=int, default=8)
+    parser.add_argument(
+        "--recipe", default="demo", choices=sorted(RECIPES), help="demo (minutes) or long"
+    )
+    parser.add_argument("--tasks", help="default: the recipe's")
+    parser.add_argument("--data_episodes", type=int, help="episodes of every task")
+    parser.add_argument("--train_steps", type=int, help="default: the recipe's")
+    parser.add_argument("--eval_episodes", type=int, help="default: the recipe's")
+    parser.add_argument(
+        "--time_budget", type=float, help="training seconds (default: the recipe's)"
+    )
     args = parser.parse_args(argv)
+    recipe = RECIPES[args.recipe]
+    tasks = args.tasks or recipe.tasks
+    steps = args.train_steps or recipe.train_steps
+    eval_episodes = args.eval_episodes or recipe.eval_episodes
+    budget = args.time_budget if args.time_budget is not None else recipe.time_budget
 
     from gato_jax import datagen, evaluate
     from gato_jax import main as train_main
 
-    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    names = [n.strip() for n in tasks.split(",") if n.strip()]
+    if args.data_episodes is not None:
+        episodes = {n: args.data_episodes for n in names}
+    else:
+        episodes = {n: recipe.episodes_per_task.get(n, recipe.episodes) for n in names}
     data = os.path.join(args.workdir, "data")
     run = os.path.join(args.workdir, "run")
     out = os.path.join(args.workdir, "eval")
     t0 = time.perf_counter()
     if not os.path.isfile(os.path.join(data, "tasks.json")):
-        print(f"[1/3] expert data: {','.join(names)} x {args.data_episodes} episodes -> {data}")
+        counts = ",".join(f"{n}={episodes[n]}" for n in names)
+        print(f"[1/3] expert data: {counts} episodes -> {data}")
         rc = datagen.main(
-            ["--tasks", ",".join(names), "--episodes", str(args.data_episodes), "--out", data,
-             "--quiet"]
-        )  # fmt: skip
+            ["--tasks", ",".join(names), "--episodes", counts, "--out", data, "--quiet"]
+        )
         if rc:
             return rc
     else:
         print(f"[1/3] expert data: reusing {data}")
     t1 = time.perf_counter()
-    mixture = ",".join(f"{n}*{WEIGHTS.get(n, 1.0):g}" for n in names)
-    print(f"[2/3] training gato_tiny for {args.train_steps} steps on gen:{data}:{mixture} -> {run}")
-    overrides = [*TRAIN_OVERRIDES, f"optim.decay_steps={args.train_steps}"]
-    rc = train_main.main(
-        ["--config", "gato_tiny", "--workdir", run, "--num_steps", str(args.train_steps),
-         "--data", f"gen:{data}:{mixture}", *sum((["--set", o] for o in overrides), [])]
-    )  # fmt: skip
+    mixture = ",".join(f"{n}*{recipe.weights.get(n, 1.0):g}" for n in names)
+    print(f"[2/3] training gato_tiny for {steps} steps on gen:{data}:{mixture} -> {run}")
+    overrides = [*recipe.overrides, f"optim.decay_steps={steps}"]
+    sets = sum((["--set", o] for o in overrides), [])
+    train_argv = ["--config", "gato_tiny", "--workdir", run, "--num_steps", str(steps),
+                  "--data", f"gen:{data}:{mixture}", *sets]  # fmt: skip
+    if budget is not None:
+        train_argv += ["--time_budget", f"{budget:g}"]
+    rc = train_main.main(train_argv)
     if rc:
         return rc
     t2 = time.perf_counter()
-    print(f"[3/3] evaluating ({args.eval_episodes} episodes per task) -> {out}")
+    print(f"[3/3] evaluating ({eval_episodes} episodes per task) -> {out}")
     rc = evaluate.main(
-        ["--workdir", run, "--tasks", ",".join(names), "--episodes", str(args.eval_episodes),
+        ["--workdir", run, "--tasks", ",".join(names), "--episodes", str(eval_episodes),
          "--out", out]
     )  # fmt: skip
     if rc:

@@ -353,18 +353,56 @@ def caption_scores(task, model_config, params, seeds: Sequence[int], tokenizer, 
         model_config, params, task.spec, np.stack(images), vocab=tokenizer.vocab_size
     )
     exact, matched, total, pairs = 0, 0, 0, []
+    gens = []
     for row, ref in zip(ids, refs, strict=True):
         gen = cut_caption(tokenizer.decode(row))
+        gens.append(gen)
         ref_ids = tokenizer.encode(ref)[: row.shape[0]]
         matched += int((row[: ref_ids.size] == ref_ids).sum())
         total += int(ref_ids.size)
         exact += int(gen == ref.strip())
         pairs.append({"generated": gen, "reference": ref.strip()})
-    return {
+    out = {
         "caption_exact": exact / len(refs),
         "caption_token_acc": matched / max(total, 1),
         "captions": len(refs),
         "caption_samples": pairs[:samples],
+    }
+    if task.parse_caption is not None:
+        out["caption_attributes"] = caption_attribute_scores(task.parse_caption, gens, refs)
+    return out
+
+
+def caption_attribute_scores(parse, generated: Sequence[str], references: Sequence[str]) -> dict:
+    """Per-attribute accuracy of parsed captions (tasks with a caption grammar).
+
+    Objects are compared in order (the i-th described object with the i-th reference object);
+    a reference object with no generated counterpart, or a generated caption outside the
+    grammar, counts as wrong on every attribute.
+
+    Returns:
+      ``{"count": fraction of captions naming as many objects as the reference,
+      "parsed": fraction of generated captions inside the grammar, attribute: fraction of
+      reference objects whose attribute is matched, ...}``.
+    """
+    counts, parsed, hits, objects = 0, 0, {}, 0
+    for gen, ref in zip(generated, references, strict=True):
+        ref_objs = parse(ref)
+        if ref_objs is None:
+            raise ValueError(f"reference caption {ref!r} is outside the task's grammar")
+        gen_objs = parse(gen)
+        parsed += gen_objs is not None
+        gen_objs = gen_objs or []
+        counts += len(gen_objs) == len(ref_objs)
+        objects += len(ref_objs)
+        for i, r in enumerate(ref_objs):
+            for k, v in r.items():
+                hits[k] = hits.get(k, 0) + int(i < len(gen_objs) and gen_objs[i].get(k) == v)
+    n = max(len(references), 1)
+    return {
+        "count": counts / n,
+        "parsed": parsed / n,
+        **{k: v / max(objects, 1) for k, v in hits.items()},
     }
 
 
@@ -510,6 +548,7 @@ def _row_line(row: Mapping[str, Any]) -> str:
             f"{row['task']}: caption perplexity {row['perplexity']:.2f}, exact-match "
             f"{100 * row['caption_exact']:.0f}%, token accuracy "
             f"{100 * row['caption_token_acc']:.0f}% ({row['captions']} held-out images)"
+            + _attribute_text(row)
         )
     if "perplexity" in row:
         return f"{row['task']}: text perplexity {row['perplexity']:.2f}"
@@ -517,6 +556,13 @@ def _row_line(row: Mapping[str, Any]) -> str:
     if row.get("capped"):
         score += f" (episodes capped at {row['max_steps']} steps: not comparable)"
     return f"{row['task']}: mean return {row['mean_return']:.2f}, normalised score {score}"
+
+
+def _attribute_text(row: Mapping[str, Any]) -> str:
+    attrs = row.get("caption_attributes")
+    if not attrs:
+        return ""
+    return "; per object: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in attrs.items())
 
 
 def _fmt(v, spec=".1f"):
@@ -553,7 +599,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += [
             "",
             f"{r['task']}: greedy captions of {r['captions']} held-out images: exact match "
-            f"{100 * r['caption_exact']:.0f}%, token accuracy {100 * r['caption_token_acc']:.0f}%",
+            f"{100 * r['caption_exact']:.0f}%, token accuracy {100 * r['caption_token_acc']:.0f}%"
+            + _attribute_text(r),
             "",
             "| generated | reference |",
             "|---|---|",

@@ -208,8 +208,19 @@ def _copy_tokenizer(cfg: GatoConfig, workdir: str) -> None:
         shutil.copyfile(src, os.path.join(workdir, "tokenizer.model"))
 
 
-def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, Any]:
-    """Trains ``cfg.num_steps`` steps (resuming from ``workdir``); returns the last metrics."""
+def train(
+    cfg: GatoConfig, workdir: str, *, quiet: bool = False, time_budget: float | None = None
+) -> dict[str, Any]:
+    """Trains ``cfg.num_steps`` steps (resuming from ``workdir``); returns the last metrics.
+
+    ``time_budget`` (seconds of this call's training loop, after set-up and compilation
+    are counted in) stops earlier: the step that crosses it is logged and checkpointed and
+    the returned metrics gain ``stopped_early`` = 1 and ``steps_done``; a rerun resumes from
+    there (the learning-rate schedule is still the one of ``cfg.num_steps``).
+    """
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget={time_budget} must be > 0 seconds")
+    t_start = time.monotonic()
     workdir = os.path.abspath(workdir)
     mesh = make_mesh(cfg.mesh)
     model = Gato(cfg.model)
@@ -239,25 +250,32 @@ def train(cfg: GatoConfig, workdir: str, *, quiet: bool = False) -> dict[str, An
     start = int(state.step)
     metrics: dict[str, Any] = {}
     bar = progress(cfg.num_steps, desc="train", initial=start, disable=True if quiet else None)
+    stopped = False
+    done = start
     for step in range(start, cfg.num_steps):
         state, metrics = step_fn(state, host_to_global(next(data), mesh, cfg.mesh.rules))
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.num_steps:
+        stopped = time_budget is not None and time.monotonic() - t_start > time_budget
+        last = done == cfg.num_steps or stopped
+        if done % cfg.log_every == 0 or last:
             metrics = jax.device_get(metrics)
             rates = tput.update(done)
             if done != start + 1:
                 metrics.update(rates)
             writer.write(done, metrics)
             bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-        ckpt.save(
-            done, state, config=cfg_dict, data_state=data.state(), force=done == cfg.num_steps
-        )
+        ckpt.save(done, state, config=cfg_dict, data_state=data.state(), force=last)
         bar.update(1)
+        if stopped:
+            break
     bar.close()
     ckpt.wait_until_finished()
     writer.close()
     ckpt.close()
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if stopped:
+        out.update(stopped_early=1.0, steps_done=float(done))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         help="config override, e.g. --set model.transformer.dtype=bfloat16 (repeatable)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--time_budget",
+        type=float,
+        help="stop (and checkpoint) after this many seconds even before --num_steps",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -297,8 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workdir:
         parser.error("--workdir is required unless --dry_run")
     initialize_distributed()
-    last = train(cfg, args.workdir, quiet=args.quiet)
-    if not args.quiet and last:
+    if args.time_budget is not None and not args.time_budget > 0:
+        parser.error(f"--time_budget={args.time_budget} must be > 0")
+    last = train(cfg, args.workdir, quiet=args.quiet, time_budget=args.time_budget)
+    if last.get("stopped_early"):
+        print(
+            f"time budget of {args.time_budget:g} s reached: stopped at step "
+            f"{int(last['steps_done'])} of {cfg.num_steps} (checkpointed; rerun to resume)"
+        )
+    elif not args.quiet and last:
         print(f"step {cfg.num_steps}: loss {last['loss']:.4f}")
     return 0
 

@@ -181,15 +181,18 @@ def test_vl_captions_describe_the_image():
         img, caption = tasks.vl_shapes_pair(rng)
         assert img.shape == (48, 48, 3) and img.dtype == np.uint8
         assert caption.endswith(tasks.CAPTION_END)
+        named = []
         for part in caption[: -len(tasks.CAPTION_END)].split(" and "):
             words = part.split(" ")  # "a red circle in the top left"
             colour, shape, place = words[1], words[2], " ".join(words[5:])
+            named.append(places[place])
             r, c = divmod(places[place], 3)
             cell = img[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]
             mask = tasks._shape_mask(shape, 16)
             np.testing.assert_array_equal(
                 cell[mask], np.broadcast_to(tasks._COLOURS[colour], cell[mask].shape)
             )
+        assert named == sorted(named)  # raster order: the caption is a function of the image
 
 
 def test_vl_caption_follows_its_image_and_carries_the_loss():
@@ -379,7 +382,26 @@ def test_existing_dataset_needs_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         datagen.generate(["text_corpus"], 1, out, quiet=True, vocab_size=0)
     datagen.generate(["text_corpus"], 2, out, quiet=True, vocab_size=0, overwrite=True)
-    assert datagen.load_report(out)["episodes"] == 2
+    assert datagen.load_report(out)["episodes"] == {"text_corpus": 2}
+
+
+def test_per_task_episode_counts(tmp_path):
+    assert datagen.parse_episodes("5") == (5, {})
+    assert datagen.parse_episodes("5,vl_shapes=2") == (5, {"vl_shapes": 2})
+    for bad in ("x", "0", "5,6", "=3", "vl_shapes=0"):
+        with pytest.raises(ValueError, match="--episodes"):
+            datagen.parse_episodes(bad)
+    out = str(tmp_path)
+    rc = datagen.main(
+        ["--tasks", "text_corpus,vl_shapes", "--episodes", "1,vl_shapes=3", "--out", out,
+         "--vocab_size", "0", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    report = datagen.load_report(out)
+    assert report["episodes"] == {"text_corpus": 1, "vl_shapes": 3}
+    assert report["tasks"]["vl_shapes"]["seeds"] == [0, 3]
+    with pytest.raises(ValueError, match="no count for vl_shapes"):
+        datagen.generate(["text_corpus", "vl_shapes"], {"text_corpus": 1}, str(tmp_path / "b"))
 
 
 def test_measure_returns_updates_file(tmp_path):

@@ -20,6 +20,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "sample captions of held-out images" in out and "reference:" in out
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     rows = {r["task"]: r for r in res["tasks"]}
-    assert set(rows) == {"cartpole", "vl_shapes", "text_corpus"}
+    assert set(rows) == set(demo.RECIPES["demo"].tasks.split(","))
+    assert {"control", "babyai", "vl", "text"} <= {r["domain"] for r in rows.values()}
     assert rows["vl_shapes"]["captions"] == 2 * 5 and 0 <= rows["vl_shapes"]["caption_exact"] <= 1
     assert (tmp_path / "run" / "tokenizer.model").is_file()

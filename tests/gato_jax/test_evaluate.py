@@ -169,3 +169,28 @@ def test_caption_bad_inputs():
         evaluate.caption_inputs(get_task("vl_shapes", short).spec, images)
     assert evaluate.cut_caption("a red square in the top . a blue") == "a red square in the top ."
     assert evaluate.cut_caption(" no end") == "no end"
+
+
+def test_caption_attribute_scores_known_answer():
+    from gato_jax.tasks import parse_shapes_caption
+
+    ref = "a red circle in the top left and a blue cross in the centre ."
+    assert parse_shapes_caption(ref) == [
+        {"colour": "red", "shape": "circle", "place": "top left"},
+        {"colour": "blue", "shape": "cross", "place": "centre"},
+    ]
+    for bad in ("a red circle in the top left", "a red blob in the top .", "the red circle ."):
+        assert parse_shapes_caption(bad) is None
+    gens = [
+        "a red circle in the top and a blue cross in the centre .",  # one place wrong
+        "a green square in the bottom .",  # first object right, second missing
+        "nonsense",
+    ]
+    refs = [ref, "a green square in the bottom and a red cross in the right .", ref]
+    s = evaluate.caption_attribute_scores(parse_shapes_caption, gens, refs)
+    # 6 reference objects: colours right 2 + 1 + 0 = 3, shapes 3, places 1 + 1 + 0 = 2.
+    assert s == pytest.approx(
+        {"count": 1 / 3, "parsed": 2 / 3, "colour": 0.5, "shape": 0.5, "place": 2 / 6}
+    )
+    with pytest.raises(ValueError, match="outside the task's grammar"):
+        evaluate.caption_attribute_scores(parse_shapes_caption, ["x"], ["not a caption"])

@@ -124,10 +124,17 @@ def test_trains_on_generated_dir_with_text_tasks(tmp_path):
     argv = ["--config", "gato_tiny", "--workdir", str(run), "--num_steps", "2", "--quiet"]
     argv += ["--data", f"gen:{data}:vl_shapes*2,text_corpus", "--set", "data_threads=0"]
     argv += ["--set", "batch_size=8", "--set", "log_every=1"]
+    # A time budget that the first step exceeds: stop there, checkpointed; the rerun resumes.
+    assert train_main.main([*argv, "--time_budget", "1e-6"]) == 0
+    assert sorted(rows(run)) == [1]
+    assert (run / "checkpoints" / "1").is_dir()
     assert train_main.main(argv) == 0
+    assert sorted(rows(run)) == [1, 2]
     last = rows(run)[2]
     assert last["action_tokens"] > 0 and last["text_tokens"] > 0  # captions, corpus text
     assert np.isfinite(last["loss"])
     assert (run / "tokenizer.model").read_bytes() == (data / "tokenizer.model").read_bytes()
     with pytest.raises(SystemExit):
         train_main.main(["--config", "gato_tiny", "--data", "gen:", "--workdir", str(run)])
+    with pytest.raises(SystemExit):
+        train_main.main([*argv, "--time_budget", "0"])
