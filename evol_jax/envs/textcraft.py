@@ -543,7 +543,10 @@ class TextCraft(Env):
         )
         active = ~state.done
         new = jax.tree.map(lambda x, y: jnp.where(active, x, y), new, state)
-        return new, self._timestep(new, jnp.where(active & success, 1.0, 0.0).astype(jnp.float32))
+        # a stepped state never shows the reset text: last_action is an action id (or, for a
+        # finished state left unchanged, what the step or `step_text` that finished it set)
+        reward = jnp.where(active & success, 1.0, 0.0).astype(jnp.float32)
+        return new, self._timestep(new, reward, with_reset=False)
 
     def legal_actions(self, state: TextCraftState) -> jax.Array:
         """bool [num_actions]: inventory, every ``get`` and the crafts of the listed lines."""
@@ -557,7 +560,51 @@ class TextCraft(Env):
             jnp.asarray(self.act_kind) == CRAFT, listed[jnp.asarray(self.act_line)], True
         )
 
-    def _obs_words(self, state: TextCraftState):
+    def _obs_words(self, state: TextCraftState, with_reset: bool = True):
+        """Observation word ids; ``with_reset=False`` skips the reset text, for states that
+        cannot show it (after a step ``last_action`` is an action id or ``EXTERNAL_OBS``)."""
+        wmax = self.max_obs_words
+        present = state.stamp >= 0
+        big = jnp.iinfo(jnp.int32).max
+        order = jnp.argsort(jnp.where(present, state.stamp, big))[: self.max_inv_items]
+        br, bl = jnp.asarray(self.bracket_words)[order], jnp.asarray(self.bracket_len)[order]
+        count = self.w_count0 + jnp.clip(state.inventory[order], 0, self.count_cap)
+        rows = jnp.where(jnp.arange(br.shape[1])[None, :] == bl[:, None], count[:, None], br)
+        flat, n_flat = _pack(rows, jnp.where(present[order], bl + 1, 0), wmax)
+        anyp = present.any()
+        nothing = jnp.asarray(self.w_nothing)
+        inv_ids, inv_n, over_i = concat_segments(
+            [
+                (jnp.array([self.w_inventory]), 1),
+                (nothing, jnp.where(anyp, 0, nothing.shape[0])),
+                (flat, n_flat),
+                (jnp.array([self.w_blank]), anyp.astype(jnp.int32)),
+            ],
+            wmax,
+        )
+        a = jnp.maximum(state.last_action, 0)
+        msg = jnp.where(
+            state.last_pass, jnp.asarray(self.act_pass_msg)[a], jnp.asarray(self.act_fail_msg)[a]
+        )
+        msg_n = jnp.where(
+            state.last_pass, jnp.asarray(self.act_pass_len)[a], jnp.asarray(self.act_fail_len)[a]
+        )
+        msg = jnp.zeros((wmax,), jnp.int32).at[: msg.shape[0]].set(msg)
+        is_reset = state.last_action == RESET_OBS
+        is_inv = ~is_reset & (jnp.asarray(self.act_kind)[a] == INVENTORY)
+        ids = jnp.where(is_inv, inv_ids, msg)
+        num_words = jnp.where(is_inv, inv_n, msg_n)
+        overflow = is_inv & over_i
+        if not with_reset:
+            return ids, num_words, overflow
+        reset_ids, reset_n, over_r = self._reset_words(state)
+        ids = jnp.where(is_reset, reset_ids, ids)
+        num_words = jnp.where(is_reset, reset_n, num_words)
+        overflow = jnp.where(is_reset, over_r, overflow)
+        return ids, num_words, overflow
+
+    def _reset_words(self, state: TextCraftState):
+        """The reset observation: "Crafting commands:" + the listed recipe lines + the goal."""
         wmax = self.max_obs_words
         cmd, n = state.commands, state.num_commands
         num = cmd.shape[0]
@@ -587,46 +634,15 @@ class TextCraft(Env):
             ],
             wmax,
         )
-        present = state.stamp >= 0
-        big = jnp.iinfo(jnp.int32).max
-        order = jnp.argsort(jnp.where(present, state.stamp, big))[: self.max_inv_items]
-        br, bl = jnp.asarray(self.bracket_words)[order], jnp.asarray(self.bracket_len)[order]
-        count = self.w_count0 + jnp.clip(state.inventory[order], 0, self.count_cap)
-        rows = jnp.where(jnp.arange(br.shape[1])[None, :] == bl[:, None], count[:, None], br)
-        flat, n_flat = _pack(rows, jnp.where(present[order], bl + 1, 0), wmax)
-        anyp = present.any()
-        nothing = jnp.asarray(self.w_nothing)
-        inv_ids, inv_n, over_i = concat_segments(
-            [
-                (jnp.array([self.w_inventory]), 1),
-                (nothing, jnp.where(anyp, 0, nothing.shape[0])),
-                (flat, n_flat),
-                (jnp.array([self.w_blank]), anyp.astype(jnp.int32)),
-            ],
-            wmax,
-        )
-        a = jnp.maximum(state.last_action, 0)
-        msg = jnp.where(
-            state.last_pass, jnp.asarray(self.act_pass_msg)[a], jnp.asarray(self.act_fail_msg)[a]
-        )
-        msg_n = jnp.where(
-            state.last_pass, jnp.asarray(self.act_pass_len)[a], jnp.asarray(self.act_fail_len)[a]
-        )
-        msg = jnp.zeros((wmax,), jnp.int32).at[: msg.shape[0]].set(msg)
-        is_reset = state.last_action == RESET_OBS
-        is_inv = ~is_reset & (jnp.asarray(self.act_kind)[a] == INVENTORY)
-        ids = jnp.where(is_reset, reset_ids, jnp.where(is_inv, inv_ids, msg))
-        num_words = jnp.where(is_reset, reset_n, jnp.where(is_inv, inv_n, msg_n))
-        overflow = jnp.where(is_reset, over_r, is_inv & over_i)
-        return ids, num_words, overflow
+        return reset_ids, reset_n, over_r
 
     def _overflow(self, state):
         ids, n, over = self._obs_words(state)
         _, _, over_t = expand_words(ids, n, self.word_table, self.max_obs_len)
         return over | over_t
 
-    def _timestep(self, state: TextCraftState, reward) -> TimeStep:
-        ids, n, _ = self._obs_words(state)
+    def _timestep(self, state: TextCraftState, reward, with_reset: bool = True) -> TimeStep:
+        ids, n, _ = self._obs_words(state, with_reset)
         tokens, mask, _ = expand_words(ids, n, self.word_table, self.max_obs_len)
         return TimeStep(
             obs_tokens=tokens,
