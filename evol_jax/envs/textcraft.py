@@ -565,12 +565,17 @@ class TextCraft(Env):
         cannot show it (after a step ``last_action`` is an action id or ``EXTERNAL_OBS``)."""
         wmax = self.max_obs_words
         present = state.stamp >= 0
-        big = jnp.iinfo(jnp.int32).max
-        order = jnp.argsort(jnp.where(present, state.stamp, big))[: self.max_inv_items]
+        # Items in insertion order: present stamps are distinct, so an item's place is the
+        # number of present items with a smaller stamp (comparisons, no per-env sort).
+        earlier = present[None, :] & (state.stamp[None, :] < state.stamp[:, None])
+        place = jnp.where(present, jnp.sum(earlier, axis=1), -1)  # [n_items]
+        slots = jnp.arange(self.max_inv_items)
+        order = jnp.argmax(place[None, :] == slots[:, None], axis=1)  # [max_inv_items]
+        shown = slots < jnp.sum(present)
         br, bl = jnp.asarray(self.bracket_words)[order], jnp.asarray(self.bracket_len)[order]
         count = self.w_count0 + jnp.clip(state.inventory[order], 0, self.count_cap)
         rows = jnp.where(jnp.arange(br.shape[1])[None, :] == bl[:, None], count[:, None], br)
-        flat, n_flat = _pack(rows, jnp.where(present[order], bl + 1, 0), wmax)
+        flat, n_flat = _pack(rows, jnp.where(shown, bl + 1, 0), wmax)
         anyp = present.any()
         nothing = jnp.asarray(self.w_nothing)
         inv_ids, inv_n, over_i = concat_segments(
