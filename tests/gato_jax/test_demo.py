@@ -21,6 +21,6 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     rows = {r["task"]: r for r in res["tasks"]}
     assert set(rows) == set(demo.RECIPES["demo"].tasks.split(","))
-    assert {"control", "babyai", "vl", "text"} <= {r["domain"] for r in rows.values()}
+    assert {"control", "vl", "text"} <= {r["domain"] for r in rows.values()}
     assert rows["vl_shapes"]["captions"] == 2 * 5 and 0 <= rows["vl_shapes"]["caption_exact"] <= 1
     assert (tmp_path / "run" / "tokenizer.model").is_file()
