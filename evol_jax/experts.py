@@ -118,7 +118,7 @@ def trajectories(env: Env, batch: ExpertBatch) -> list[agenttraj.Trajectory]:
             state = at(t)
             action = int(batch.actions[t, i])
             traj.thoughts.append(env.expert_thought(state, action))
-            traj.actions.append(env.action_text(action))
+            traj.actions.append(env.action_text(action, state))
             traj.observations.append(env.render_text(at(t + 1)))
         traj.reward = float(batch.last_reward[i])
         traj.success = bool(batch.success[i])

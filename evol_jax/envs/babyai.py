@@ -138,7 +138,7 @@ def draw_world(key, idx, bank, who: str = "BabyAI.reset"):
     def bank_branch(k):
         if bank is None:
             return gen.generate(k, native[0])
-        worlds, goals, glens = bank
+        worlds, goals, glens = bank[:3]  # InstanceBank (babyai_import); reset() reads .images
         i = idx % glens.shape[0]
         return jax.tree.map(lambda a: a[i], worlds), goals[i], glens[i]
 
@@ -254,7 +254,13 @@ class BabyAI(Env):
         under jit (traced ``idx``) such a row comes back with ``state.invalid`` and ``done`` set.
         """
         world, goal, glen, invalid = draw_world(key, idx, self._bank, "BabyAI.reset")
-        state, ts = self.init_state(world, goal, glen)
+        image = None  # the live view
+        if self.agentgym_compat and self._bank is not None:
+            # upstream's reset text of a bank row (stale for level 23, see `reset_from_minigrid`)
+            from evol_jax.envs.babyai_import import bank_reset_image
+
+            image = bank_reset_image(self._bank, idx, world)
+        state, ts = self.init_state(world, goal, glen, image)
         state = state.replace(invalid=invalid, done=state.done | invalid)
         return state, ts.replace(done=state.done)
 
@@ -381,18 +387,11 @@ class BabyAI(Env):
         return self.reset_from_world(world, goal)
 
     def bank_from_minigrid(self, instances):
-        """Stacks imported instances ``[(level, seed), ...]`` into a bank for `reset`."""
-        from evol_jax.envs.babyai_import import world_from_minigrid
+        """Stacks imported instances ``[(level, seed), ...]`` into an `InstanceBank` for `reset`
+        (with each row's reset image: compat resets of a row equal `reset_from_minigrid`)."""
+        from evol_jax.envs.babyai_import import bank_from_minigrid
 
-        worlds, goals, lens = [], [], []
-        for level, seed in instances:
-            world, goal = world_from_minigrid(make_minigrid(level, seed))
-            g, n = self._goal_ids(goal)
-            worlds.append(world)
-            goals.append(g)
-            lens.append(n)
-        stack = jax.tree.map(lambda *a: jnp.stack(a), *worlds)
-        return stack, jnp.stack(goals), jnp.asarray(lens, jnp.int32)
+        return bank_from_minigrid(instances, self._goal_ids)
 
     def use_bank(self, bank):
         self._bank = bank

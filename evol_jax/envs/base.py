@@ -77,7 +77,8 @@ class Env(abc.ABC):
     def render_text(self, state: Any) -> str: ...
 
     @abc.abstractmethod
-    def action_text(self, action: int) -> str: ...
+    def action_text(self, action: int, state: Any = None) -> str:
+        """The text of action id ``action`` (BabyAI's object actions need the ``state``)."""
 
     @abc.abstractmethod
     def action_from_text(self, text: str) -> int: ...

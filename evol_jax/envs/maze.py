@@ -36,6 +36,7 @@ Source: LMRL-Gym (MIT, Copyright (c) 2022 Charlie Snell) ``llm_rl_scripts/maze/e
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import flax.struct
 import jax
@@ -280,7 +281,7 @@ class MazeEnv(Env):
     def render_text(self, state: MazeState) -> str:
         return self._texts[int(state.obs_id)]
 
-    def action_text(self, action: int) -> str:
+    def action_text(self, action: int, state: Any = None) -> str:
         if not 0 <= int(action) < self.num_actions:
             raise ValueError(f"maze: action id {action} outside [0, {self.num_actions})")
         return ACTIONS[int(action)]

@@ -56,6 +56,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -727,7 +728,7 @@ class TextCraft(Env):
             ids, n = self.act_fail_msg[last], self.act_fail_len[last]
         return " ".join(self.words[i] for i in ids[:n])
 
-    def action_text(self, action: int) -> str:
+    def action_text(self, action: int, state: Any = None) -> str:
         if not 0 <= int(action) < self.num_actions:
             raise ValueError(f"TextCraft.action_text: id {action} outside [0, {self.num_actions})")
         return self.action_texts[int(action)]

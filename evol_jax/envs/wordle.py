@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -947,7 +948,7 @@ class WordleEnv(Env):
             return INVALID_TEXT
         return " ".join("byg"[int(f)] for f in jax.device_get(state.feedback)) + "\n"
 
-    def action_text(self, action: int) -> str:
+    def action_text(self, action: int, state: Any = None) -> str:
         if not 0 <= int(action) < self.num_actions:
             raise ValueError(f"wordle: action id {action} outside [0, {self.num_actions})")
         return " ".join(self.vocab[int(action)])

@@ -97,3 +97,20 @@ def test_bank_reset_image_native_levels_use_the_live_view(bank):
     for i in (0, 5, 22, 44):
         w = jax.tree.map(lambda a, i=i: a[i % len(INSTANCES)], bank.worlds)
         np.testing.assert_array_equal(many[i], f(jnp.int32(i), w)[0])
+
+
+@pytest.mark.slow  # compiles BabyAI.reset per mode
+@pytest.mark.parametrize("compat", [False, True])
+def test_env_reset_from_a_bank_equals_the_minigrid_import(compat):
+    # BabyAI.reset of an import-only level draws row idx % bank size; with one row (level 23,
+    # seed 0) idx 22 (level 23) and idx 62 (level 23 again) both are that instance, and the
+    # compat first observation is upstream's stale reset text.
+    env = BabyAI(agentgym_compat=compat)
+    with contextlib.redirect_stdout(io.StringIO()):
+        env.use_bank(env.bank_from_minigrid([(23, 0)]))
+        ref, ref_ts = env.reset_from_minigrid(level=23, seed=0)
+    reset = jax.jit(env.reset)
+    for idx in (22, 62):
+        state, ts = reset(jax.random.key(idx), jnp.int32(idx))
+        assert env.render_text(state) == env.render_text(ref), (idx, compat)
+        chex.assert_trees_all_equal(ts, ref_ts)
