@@ -36,12 +36,12 @@ from flax import serialization
 
 from core_jax.nn.transformer import Transformer
 from evol_jax.chat import LLAMA2
-from evol_jax.envs.base import Env
+from evol_jax.envs.base import SUCCESS_THRESHOLDS, Env, success_threshold
 from evol_jax.policy_data import tokenize_records
 from evol_jax.sampler import DeviceSampler
 from evol_jax.train import BCConfig, train_bc
 
-DEFAULT_THRESHOLDS = {"babyai": 0.0, "sciworld": 99.0}
+DEFAULT_THRESHOLDS = SUCCESS_THRESHOLDS
 INIT_FROM = ("base", "previous")
 MERGE = ("paper", "cumulative")
 
@@ -82,7 +82,7 @@ class EvolConfig:
             raise ValueError("EvolConfig: iterations must be >= 0 and num_samples >= 1")
 
     def threshold(self, env: str) -> float:
-        return float(self.thresholds.get(env, DEFAULT_THRESHOLDS.get(env, 0.99)))
+        return float(self.thresholds.get(env, success_threshold(env)))
 
 
 def select_explored(records: Sequence[dict], cfg: EvolConfig) -> list[tuple[dict, float]]:

@@ -7,7 +7,8 @@ host afterwards (``env.render_text``, ``env.action_text``, ``env.expert_thought`
     python -m evol_jax.experts --env maze --num 25 --out maze_expert.json
     python -m evol_jax.experts --env wordle --num 200 --out wordle_expert.json --compat
 
-prints a success report (success = last reward == 1, score = mean last reward x 100, as in the
+prints a success report (success = last reward above `envs.base.success_threshold`: 1 for
+Maze/Wordle/TextCraft, > 0 for BabyAI; score = mean last reward x 100, as in the
 AgentEvol paper) and writes AgentTraj JSON (`evol_jax.agenttraj`).
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from evol_jax import agenttraj
 from evol_jax.envs import Env, make
+from evol_jax.envs.base import success_threshold
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ExpertBatch:
     rewards: np.ndarray  # float32 [T, N]
     active: np.ndarray  # bool [T, N], the step was taken before the episode ended
     last_reward: np.ndarray  # float32 [N], reward of each episode's last taken step
+    threshold: float = 0.99  # success: last_reward > threshold (`envs.base.success_threshold`)
 
     @property
     def num_steps(self) -> np.ndarray:
@@ -45,7 +48,7 @@ class ExpertBatch:
 
     @property
     def success(self) -> np.ndarray:
-        return self.last_reward == 1.0
+        return self.last_reward > self.threshold
 
 
 @partial(jax.jit, static_argnums=(0, 3))
@@ -94,6 +97,7 @@ def rollout(env: Env, indices, key: jax.Array | None = None, rounds: int | None 
         rewards=np.asarray(rewards),
         active=np.asarray(active),
         last_reward=np.asarray(last),
+        threshold=success_threshold(env.name),
     )
 
 
@@ -127,7 +131,7 @@ def trajectories(env: Env, batch: ExpertBatch) -> list[agenttraj.Trajectory]:
 
 
 def report(env: Env, batch: ExpertBatch) -> dict:
-    """Success rate (last reward == 1), score (mean last reward x 100) and episode lengths."""
+    """Success rate (last reward above the env's threshold), score (mean last reward x 100), lengths."""
     n = len(batch.indices)
     return {
         "env": env.name,

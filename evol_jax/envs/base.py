@@ -37,6 +37,15 @@ import jax.numpy as jnp
 # counts it as a step (Maze, Wordle); `Env.step_text` sends it.
 INVALID_ACTION = -1
 
+# Reward above which an episode counts as a success (AgentEvol's filter and the expert reports):
+# BabyAI pays 1 - 0.9 t/T on success and 0 otherwise, SciWorld scores 0-100, the others pay 1.
+SUCCESS_THRESHOLDS = {"babyai": 0.0, "sciworld": 99.0}
+
+
+def success_threshold(env_name: str) -> float:
+    """Success means a final reward strictly above this (0.99 unless listed)."""
+    return float(SUCCESS_THRESHOLDS.get(env_name, 0.99))
+
 
 class InvalidAction(ValueError):
     """A text action the environment cannot parse; ``message`` is the original's reply text."""

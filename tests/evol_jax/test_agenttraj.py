@@ -174,3 +174,21 @@ def test_rollout_bad_input(maze):
         experts.rollout(maze, [])
     with pytest.raises(ValueError, match="rounds"):
         experts.rollout(maze, [0], rounds=-1)
+
+
+def test_expert_success_uses_each_envs_threshold():
+    # BabyAI pays 1 - 0.9 t/T on success (never exactly 1), the others pay 1; a failed episode 0.
+    from evol_jax.envs.base import success_threshold
+
+    last = np.array([0.0, 0.55, 0.99, 1.0], np.float32)
+
+    def batch(env_name):
+        z = np.zeros((1, 4))
+        return experts.ExpertBatch(
+            indices=np.arange(4), states=None, actions=z, rewards=z, active=z.astype(bool),
+            last_reward=last, threshold=success_threshold(env_name),
+        )  # fmt: skip
+
+    np.testing.assert_array_equal(batch("babyai").success, [False, True, True, True])
+    for name in ("maze", "wordle", "textcraft"):
+        np.testing.assert_array_equal(batch(name).success, [False, False, False, True])
