@@ -62,6 +62,7 @@ from benchmarks.harness import (
     environment,
     time_interleaved,
 )
+from evol_jax.envs.base import packed_mask, select_packed
 
 NAME = "env_steps"
 ENVS = ("maze", "wordle", "textcraft", "babyai", "babyai_primitive")
@@ -114,19 +115,9 @@ def pick_legal(u: jax.Array, legal: jax.Array) -> jax.Array:
     (popcounts, a short cumsum over words, then a select within the word) rather than a cumsum
     over all ids, which XLA:CPU lowers to costly reduce-windows.
     """
-    a = legal.shape[0]
-    w = -(-a // 32)
-    bits = jnp.pad(legal, (0, w * 32 - a)).reshape(w, 32).astype(jnp.uint32)
-    words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
-    count = jax.lax.population_count(words).astype(jnp.int32)
-    cum = jnp.cumsum(count)
+    words, cum = packed_mask(legal)
     n = cum[-1]
-    r = jnp.minimum((u * n).astype(jnp.int32), n - 1)
-    k = jnp.argmax(cum > r)
-    r = r - (cum[k] - count[k])
-    below = words[k] & ((jnp.uint32(2) << jnp.arange(32, dtype=jnp.uint32)) - 1)  # bits 0..j
-    j = jnp.argmax(jax.lax.population_count(below).astype(jnp.int32) > r)
-    return (k * 32 + j).astype(jnp.int32)
+    return select_packed(words, cum, jnp.minimum((u * n).astype(jnp.int32), n - 1))
 
 
 def auto_reset(done: jax.Array, new: Any, state: Any, init: Any) -> Any:

@@ -37,6 +37,30 @@ import jax.numpy as jnp
 # counts it as a step (Maze, Wordle); `Env.step_text` sends it.
 INVALID_ACTION = -1
 
+
+def packed_mask(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """bool [A] -> ``(words, cum)``: the mask packed into uint32 words [ceil(A / 32)] (bit ``j``
+    of word ``k`` = entry ``32 k + j``) and the running count of set bits, int32 per word.
+
+    With `select_packed` this ranks the entries of a mask without a cumsum over all A entries
+    (XLA:CPU lowers long cumsums to costly reduce-windows).
+    """
+    a = mask.shape[0]
+    w = -(-a // 32)
+    bits = jnp.pad(mask, (0, w * 32 - a)).reshape(w, 32).astype(jnp.uint32)
+    words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
+    return words, jnp.cumsum(jax.lax.population_count(words).astype(jnp.int32))
+
+
+def select_packed(words: jax.Array, cum: jax.Array, r: jax.Array) -> jax.Array:
+    """Index of the ``(r + 1)``-th set entry of a `packed_mask` (meaningful for ``r < cum[-1]``)."""
+    k = jnp.argmax(cum > r)
+    rk = r - (cum[k] - jax.lax.population_count(words[k]).astype(jnp.int32))
+    below = words[k] & ((jnp.uint32(2) << jnp.arange(32, dtype=jnp.uint32)) - 1)  # bits 0..j
+    j = jnp.argmax(jax.lax.population_count(below).astype(jnp.int32) > rk)
+    return (k * 32 + j).astype(jnp.int32)
+
+
 # Reward above which an episode counts as a success (AgentEvol's filter and the expert reports):
 # BabyAI pays 1 - 0.9 t/T on success and 0 otherwise, SciWorld scores 0-100, the others pay 1.
 SUCCESS_THRESHOLDS = {"babyai": 0.0, "sciworld": 99.0}

@@ -49,7 +49,9 @@ from evol_jax.envs.base import (
     Env,
     InvalidAction,
     TimeStep,
+    packed_mask,
     register,
+    select_packed,
 )
 from evol_jax.text import TextCodec, expand_words
 
@@ -860,18 +862,8 @@ class WordleEnv(Env):
         select inside one word): XLA:CPU lowers a cumsum over all V entries to costly
         reduce-windows.
         """
-        v = mask.shape[0]
-        w = -(-v // 32)
-        bits = jnp.pad(mask, (0, w * 32 - v)).reshape(w, 32).astype(jnp.uint32)
-        words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
-        count = jax.lax.population_count(words).astype(jnp.int32)
-        cum = jnp.cumsum(count)
-        k = jnp.argmax(cum > r)
-        found = cum[-1] > r
-        rk = r - (cum[k] - count[k])
-        below = words[k] & ((jnp.uint32(2) << jnp.arange(32, dtype=jnp.uint32)) - 1)
-        j = jnp.argmax(jax.lax.population_count(below).astype(jnp.int32) > rk)
-        return jnp.where(found, k * 32 + j, 0).astype(jnp.int32)
+        words, cum = packed_mask(mask)
+        return jnp.where(cum[-1] > r, select_packed(words, cum, r), 0).astype(jnp.int32)
 
     def step(self, state: WordleState, action: jax.Array) -> tuple[WordleState, TimeStep]:
         """One guess; ``action`` int32 [] in ``[0, V)``, any other id is an invalid string."""
