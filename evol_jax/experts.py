@@ -131,7 +131,7 @@ def trajectories(env: Env, batch: ExpertBatch) -> list[agenttraj.Trajectory]:
 
 
 def report(env: Env, batch: ExpertBatch) -> dict:
-    """Success rate (last reward above the env's threshold), score (mean last reward x 100), lengths."""
+    """Success rate (last reward above the threshold), score (mean last reward x 100), lengths."""
     n = len(batch.indices)
     return {
         "env": env.name,
