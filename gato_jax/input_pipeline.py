@@ -989,10 +989,13 @@ class GatoDataPipeline:
         return batch
 
 
-def from_config(cfg, text_tokenizer: TextTokenizer | None = None) -> GatoDataPipeline:
-    """The pipeline for a :class:`gato_jax.configs.base.GatoConfig` whose ``data`` is a spec."""
+def from_config(
+    cfg, text_tokenizer: TextTokenizer | None = None, sources: list | None = None
+) -> GatoDataPipeline:
+    """The pipeline for a :class:`gato_jax.configs.base.GatoConfig` whose ``data`` is a spec
+    (or over ``sources`` given explicitly, e.g. `gato_jax.datagen.sources`)."""
     return GatoDataPipeline(
-        parse_data_spec(cfg.data),
+        parse_data_spec(cfg.data) if sources is None else sources,
         cfg.tokenizer,
         batch_size=cfg.batch_size,
         seed=cfg.seed,

@@ -165,22 +165,13 @@ def print_dry_run(name: str, cfg: GatoConfig, r: dict[str, Any]) -> None:
 
 def _gen_data(cfg: GatoConfig):
     from gato_jax import datagen
-    from gato_jax.input_pipeline import GatoDataPipeline
+    from gato_jax.input_pipeline import from_config
 
     directory, names, weights = datagen.parse_gen_spec(cfg.data)
     srcs = datagen.sources(directory, names, weights, cfg=cfg.tokenizer)
     tok_path = os.path.join(directory, "tokenizer.model")
     tokenizer = datagen.load_tokenizer(directory) if os.path.isfile(tok_path) else None
-    return GatoDataPipeline(
-        srcs,
-        cfg.tokenizer,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        expert_fraction=cfg.expert_fraction,
-        num_threads=cfg.data_threads,
-        prefetch=cfg.data_prefetch,
-        text_tokenizer=tokenizer,
-    )
+    return from_config(cfg, tokenizer, sources=srcs)
 
 
 def make_data(cfg: GatoConfig):
