@@ -49,23 +49,10 @@ ORIGINAL = {"epoch_s": 31.0, "peak_rss_gb": 6.9, "full_run_min": 104.0}  # spec 
 TARGETS = {"speedup_vs_torch": 3.0, "jax_peak_rss_gb": 1.0, "gpu_200_epochs_s": 60.0}
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _mem() -> dict[str, float | None]:
-    rss, hwm = _status_kb("VmRSS"), _status_kb("VmHWM")
-    return {
-        "rss_mb": None if rss is None else rss / 1024,
-        "hwm_mb": None if hwm is None else hwm / 1024,
-    }
+    from core_jax import memory  # jax-free: the PyTorch worker imports it too
+
+    return {"rss_mb": memory.rss_mb(), "hwm_mb": memory.peak_rss_mb()}
 
 
 def _cpu_s() -> float:
