@@ -37,10 +37,16 @@ from other jobs on this shared CPU hits them alike.
 
     python -m benchmarks.run --only env_steps --out benchmarks/results
     python -m benchmarks.env_steps --quick
+    python -m benchmarks.env_steps --envs textcraft,maze --out /tmp/env_steps_subset.json
+
+``--envs`` times a subset (comma-separated names from `ENVS`); ``--batches`` overrides the batch
+sizes. A subset's JSON records which envs it covers (``envs``) and is written only where
+``--out`` says (never over ``benchmarks/results/env_steps.json`` unless asked to).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -49,6 +55,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -344,10 +351,29 @@ def batches_for(name: str, quick: bool) -> tuple[int, ...]:
     return QUICK_BATCHES if quick else BATCHES_FOR.get(name, BATCHES)
 
 
-def run_env(name: str, quick: bool, repeats: int) -> tuple[list[dict], dict]:
+def parse_envs(text: str | None) -> tuple[str, ...]:
+    """``"maze,wordle"`` -> ``("maze", "wordle")`` (in `ENVS` order); ``None``/empty: all of them.
+
+    Raises:
+      ValueError: an unknown or repeated name.
+    """
+    if text is None or not text.strip():
+        return ENVS
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENVS]
+    if unknown:
+        raise ValueError(f"env_steps: unknown env(s) {unknown}; choose from {', '.join(ENVS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"env_steps: an env named twice in {text!r}")
+    return tuple(n for n in ENVS if n in names)
+
+
+def run_env(
+    name: str, quick: bool, repeats: int, batches: tuple[int, ...] | None = None
+) -> tuple[list[dict], dict]:
     env = make_env(name)
     steps = QUICK_SCAN_STEPS if quick else SCAN_STEPS[name]
-    cases = [jax_case(env, name, b, steps) for b in batches_for(name, quick)]
+    cases = [jax_case(env, name, b, steps) for b in (batches or batches_for(name, quick))]
     fns: dict[str, Any] = {}
     for c in cases:
         fns[f"reset{c['batch']}"] = c["reset"]
@@ -446,13 +472,25 @@ def run_env(name: str, quick: bool, repeats: int) -> tuple[list[dict], dict]:
     return rows, detail
 
 
-def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    repeats: int | None = None,
+    envs: str | Sequence[str] | None = None,
+    batches: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Times ``envs`` (default all of `ENVS`; a comma-separated string or a sequence of names)
+    at ``batches`` (default per env: `batches_for`)."""
     repeats = repeats or (2 if quick else 3)
+    names = parse_envs(envs if envs is None or isinstance(envs, str) else ",".join(envs))
+    if batches is not None:
+        batches = tuple(int(b) for b in batches)
+        if not batches or min(batches) < 1:
+            raise ValueError(f"env_steps: batch sizes must be >= 1, got {batches}")
     env_info = environment()
     rows, details = [], {}
-    for name in ENVS:
+    for name in names:
         print(f"  {name} ...", flush=True)
-        r, d = run_env(name, quick, repeats)
+        r, d = run_env(name, quick, repeats, batches)
         rows += r
         details[name] = d
     columns: list[str] = []
@@ -460,7 +498,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
         columns += [k for k in r if k not in columns]
     rows = [{k: r.get(k, "-") for k in columns} for r in rows]
     best = {}
-    for name in ENVS:
+    for name in names:
         jr = [r for r in rows if r["env"] == name and r["impl"].startswith("JAX")]
         top = max(jr, key=lambda r: r["steps/s"])
         best[name] = {
@@ -471,8 +509,9 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
         "quick": quick,
         "description": "environment steps/s: vmapped JAX envs vs minigrid and the HTTP path",
         "agentgym_compat": False,
-        "scan_steps": {n: QUICK_SCAN_STEPS if quick else SCAN_STEPS[n] for n in ENVS},
-        "batches": {n: list(batches_for(n, quick)) for n in ENVS},
+        "envs": list(names),
+        "scan_steps": {n: QUICK_SCAN_STEPS if quick else SCAN_STEPS[n] for n in names},
+        "batches": {n: list(batches or batches_for(n, quick)) for n in names},
         "babyai_level": BABYAI_LEVEL,
         "best_ratios": best,
         "details": details,
@@ -507,9 +546,45 @@ def summary(result: dict[str, Any]) -> str:
     )
 
 
-if __name__ == "__main__":
-    from benchmarks.harness import markdown_table
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
+    parser.add_argument(
+        "--envs", default=None, help=f"comma-separated subset of {','.join(ENVS)} (default all)"
+    )
+    parser.add_argument(
+        "--batches", default=None, help="comma-separated batch sizes (default per env)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per impl")
+    parser.add_argument("--out", default=None, help="write the result JSON to this path")
+    parser.add_argument(
+        "--no-cpu-flags", action="store_true", help="do not apply core_jax.cpu_flags defaults"
+    )
+    args = parser.parse_args(argv)
+    try:
+        parse_envs(args.envs)
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else None
+    except ValueError as e:
+        parser.error(str(e))
+    if not args.no_cpu_flags:  # as benchmarks.run does, before JAX compiles anything
+        from core_jax import cpu_flags
 
-    res = run(quick="--quick" in sys.argv)
-    print(summary(res))
-    print(markdown_table(res["rows"]))
+        cpu_flags.apply_default_cpu_flags()
+    import datetime
+
+    from benchmarks.harness import markdown_table, write_json
+
+    res = run(quick=args.quick, repeats=args.repeats, envs=args.envs, batches=batches)
+    res["command"] = "python -m benchmarks.env_steps " + " ".join(argv or sys.argv[1:])
+    res["date_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    table = markdown_table(res["rows"])
+    res["markdown"] = f"## {NAME}\n\n{summary(res)}\n\n{table}\n"
+    print(res["markdown"], flush=True)
+    if args.out:
+        write_json(args.out, res)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import env_steps
 
@@ -88,3 +89,16 @@ def test_primitive_rollout_equals_python_loop():
     assert resets >= batch and int(check) == np.int32(total)
     for i in range(batch):
         chex.assert_trees_all_equal(worlds[i], row(final, i))
+
+
+def test_envs_option_selects_a_subset_and_rejects_unknown_names():
+    """--envs: a comma-separated subset, in ENVS order; unknown or repeated names are errors."""
+    assert env_steps.parse_envs(None) == env_steps.ENVS
+    assert env_steps.parse_envs("wordle, maze") == ("maze", "wordle")
+    assert env_steps.parse_envs("textcraft") == ("textcraft",)
+    with pytest.raises(ValueError, match="unknown env.*'mazes'"):
+        env_steps.parse_envs("maze,mazes")
+    with pytest.raises(ValueError, match="named twice"):
+        env_steps.parse_envs("maze,maze")
+    with pytest.raises(SystemExit):
+        env_steps.main(["--envs", "nope"])
