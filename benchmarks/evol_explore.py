@@ -243,10 +243,10 @@ def sequential_path(pol: dict, url: str, episodes: int, rounds: int, max_new_tok
     import requests
     import torch
 
+    from evol_jax.action_parse import client_action
     from evol_jax.agenttraj import client_first_observation
     from evol_jax.chat import LLAMA2
     from evol_jax.policy_data import tokenize_conversation
-    from evol_jax.sampler import parse_action
 
     tok, model = pol["tok"], pol["torch_model"]
     model.generation_config.eos_token_id = tok.eos_id
@@ -274,7 +274,7 @@ def sequential_path(pol: dict, url: str, episodes: int, rounds: int, max_new_tok
             tokens += len(new)
             text = tok.decode([t for t in new if t != tok.eos_id])
             text = text[1:] if text.startswith(" ") else text
-            action = parse_action(text)
+            action = client_action(ENV, text)
             reply = post("step", {"id": env_id, "action": action})
             turns.append(text)
             replies.append(str(reply.get("observation", "")))

@@ -3,9 +3,10 @@
 AgentGym's clients cut the action out of the generated text before sending it to the server
 (``agentenv/agentenv/envs/{lmrlgym,textcraft}.py``, commit ``f434743``):
 
-* Maze and Wordle (``lmrlgym``): drop the last 5 characters if the text ends with ``"</s>"``,
-  then ``text.split("Action:")``: the part after the *first* ``"Action:"`` up to the next one, or
-  the whole text when there is none; ``strip()``. The server then matches exactly (Maze:
+* Maze, Wordle and BabyAI (``lmrlgym.py``; ``babyai.py`` has the same code): drop the last 5
+  characters if the text ends with ``"</s>"``, then ``text.split("Action:")``: the part after
+  the *first* ``"Action:"`` up to the next one, or the whole text when there is none;
+  ``strip()``. The server then matches exactly (Maze:
   ``"move up"``, ...) or, Wordle, strips, removes the spaces and looks the 5 letters up in its
   vocabulary. Anything else is an invalid action the server still counts (Maze: the position is
   unchanged, Wordle: ``"invalid word"``): the environments' `INVALID_ACTION` id.
@@ -13,7 +14,8 @@ AgentGym's clients cut the action out of the generated text before sending it to
   ``"Action:"``), every character outside ``[A-Za-z0-9, ]`` removed, whitespace runs collapsed
   (``" ".join(s.split())``).
 
-`client_action` is that rule on the host. `DeviceActionParser` applies the same rule inside jit to
+`client_action` is that rule on the host (also the host path's,
+`evol_jax.sampler.BatchedHTTPPolicy`). `DeviceActionParser` applies the same rule inside jit to
 generated token ids: each id is expanded to its UTF-8 bytes (a static ``[vocab, max_bytes]``
 table), the bytes of the turn are packed into one row, and every rule is a fixed-shape byte
 operation (pattern matches, first/last index, masked compaction), ending in an exact comparison
@@ -50,7 +52,8 @@ import numpy as np
 from evol_jax.envs.base import INVALID_ACTION, Env, InvalidAction
 
 MATCHED, INVALID, UNSERVED = 0, 1, 2
-RULES = {"maze": "lmrlgym", "wordle": "lmrlgym", "textcraft": "textcraft"}
+RULES = {"maze": "lmrlgym", "wordle": "lmrlgym", "babyai": "lmrlgym", "textcraft": "textcraft"}
+DEVICE_ENVS = ("maze", "wordle", "textcraft")  # `DeviceActionParser` (not BabyAI, see above)
 # every character str.strip() / str.split() treat as whitespace, as UTF-8 byte strings
 _WHITESPACE = [chr(c).encode() for c in range(sys.maxunicode + 1) if chr(c).isspace()]
 _TEXTCRAFT_KEEP = re.compile(r"[^A-Za-z0-9, ]+")
@@ -168,9 +171,9 @@ class DeviceActionParser:
     """
 
     def __init__(self, env: Env, tokenizer):
-        if env.name not in RULES:
+        if env.name not in DEVICE_ENVS:
             raise ValueError(
-                f"decode='free' parses text on device for {sorted(RULES)}; {env.name!r} is not "
+                f"decode='free' parses text on device for {list(DEVICE_ENVS)}; {env.name!r} is not "
                 "supported (use decode='constrained')"
             )
         self.env, self.rule = env, RULES[env.name]

@@ -60,7 +60,7 @@ from core_jax.nn.sampling import sample as sample_ids
 from core_jax.nn.transformer import KVCache, Transformer
 from evol_jax import action_parse, agenttraj, prompts
 from evol_jax.chat import LLAMA2
-from evol_jax.envs.base import Env, legal_or_first
+from evol_jax.envs.base import Env, legal_or_first, success_threshold
 from evol_jax.policy_data import tokenize_conversation
 from evol_jax.text import TextCodec, WordTable
 
@@ -800,14 +800,19 @@ class BatchedHTTPPolicy:
     Every in-flight episode awaits its next action; requests are collected for ``wait_s`` (or until
     ``max_batch`` are pending) and answered by one jitted `core_jax.nn.decoding.generate` call
     over the right-padded prompts (lengths bucketed to multiples of ``bucket`` so that few shapes
-    compile). The assistant turn is generated freely up to ``</s>`` and the action is the text
-    after ``"Action:\\n"`` (the whole turn when it is not in ReAct form: the server then answers
-    as it does to any invalid action).
+    compile). The assistant turn is generated freely up to ``</s>`` and the action sent to the
+    server is cut out of it by AgentGym's client rule for the env
+    (`evol_jax.action_parse.client_action`: Maze / Wordle / BabyAI after the first ``"Action:"``,
+    TextCraft after the last one, sanitised); text that names no action is sent as it is and the
+    server answers as it does to any invalid action. Records count an episode as a success when
+    its reward is above the env's threshold (`evol_jax.envs.base.success_threshold`).
 
     Args:
       model, params, tokenizer: the policy.
-      env_name: AgentGym environment name (selects the client prompt; Wordle is not supported
-        here because its first observation needs the server's filtered vocabulary).
+      env_name: AgentGym environment name (selects the client prompt and the client's action
+        rule, `evol_jax.action_parse.RULES`; Wordle is not supported here because its first
+        observation needs the server's filtered vocabulary; environments without a ported
+        client rule raise ``ValueError``).
       max_new_tokens: generation budget per turn.
       temperature, top_p: sampling (0 = greedy).
       seed: PRNG seed; batch ``n`` uses ``fold_in(key(seed), n)``.
@@ -821,6 +826,11 @@ class BatchedHTTPPolicy:
     ):  # fmt: skip
         if env_name.lower() == "wordle":
             raise ValueError("BatchedHTTPPolicy: wordle's first observation needs the vocabulary")
+        if env_name.lower() not in action_parse.RULES:
+            raise ValueError(
+                f"BatchedHTTPPolicy: no AgentGym client action rule for {env_name!r} (have "
+                f"{sorted(action_parse.RULES)}, `evol_jax.action_parse.RULES`)"
+            )
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.env_name = env_name.lower()
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
@@ -865,7 +875,7 @@ class BatchedHTTPPolicy:
             self._flush_task = asyncio.get_running_loop().call_later(self.wait_s, self._flush)
         text = await fut
         self.turns[idx].append(text)
-        return parse_action(text)
+        return action_parse.client_action(self.env_name, text)
 
     def _flush(self):
         if self._flush_task is not None:
@@ -925,12 +935,7 @@ class BatchedHTTPPolicy:
                     obs = str(ep.replies[t].get("observation", ""))
                     conv.append({"from": "human", "loss": None, "value": obs})
             items.append({"item_id": f"{self.env_name}_{idx}", "conversations": conv,
-                          "reward": ep.reward, "success": ep.reward == 1.0,
+                          "reward": ep.reward,
+                          "success": ep.reward > success_threshold(self.env_name),
                           "failed": idx in batch.failed})  # fmt: skip
         return items
-
-
-def parse_action(text: str) -> str:
-    """Action of a generated ReAct turn: the text after the last ``"Action:\\n"`` (else all)."""
-    marker = "Action:\n"
-    return text.rsplit(marker, 1)[1].strip() if marker in text else text.strip()

@@ -159,10 +159,11 @@ def test_http_host_path_batches_generation(tok):
 
     from aiohttp import web
 
+    from evol_jax.action_parse import client_action
     from evol_jax.agenttraj import validate_item
     from evol_jax.client import AgentGymClient
     from evol_jax.policy_data import tokenize_conversation as tc
-    from evol_jax.sampler import BatchedHTTPPolicy, parse_action
+    from evol_jax.sampler import BatchedHTTPPolicy
     from evol_jax.serve import build_app, build_service
 
     model, params = _model(tok)
@@ -190,13 +191,71 @@ def test_http_host_path_batches_generation(tok):
         validate_item(rec)
         ep = batch.episodes[int(rec["item_id"].split("_")[1])]
         gpt = [t["value"] for t in rec["conversations"][3::2]]
-        assert [parse_action(g) for g in gpt] == ep.actions
+        assert [client_action("maze", g) for g in gpt] == ep.actions
         # Batched greedy generation == the same prompt generated alone.
         prompt, _ = tc(rec["conversations"][:3], tok)
         assert policy.generate([prompt]) == [gpt[0]]
-    assert parse_action("Thought:\nx\n\nAction:\nmove up") == "move up"
     with pytest.raises(ValueError, match="wordle"):
         BatchedHTTPPolicy(model, params, tok, "wordle")
+    with pytest.raises(ValueError, match="webshop"):
+        BatchedHTTPPolicy(model, params, tok, "webshop")
+
+
+class _FixedText:
+    """Stands in for `BatchedHTTPPolicy.generate`: every turn is ``text``."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __call__(self, prompts_):
+        return [self.text] * len(prompts_)
+
+
+@pytest.mark.parametrize(
+    "env_name, text, action",
+    [
+        # Maze / BabyAI (lmrlgym rule): after the *first* "Action:", up to the next one
+        ("maze", "Thought:\nAction: first\n\nAction:\nmove up", "first"),
+        ("babyai", "Thought:\nAction: turn left\n\nAction:\nturn right", "turn left"),
+        ("maze", "Action: move down", "move down"),  # no newline after the marker
+        # TextCraft: after the last "Action:", sanitised
+        ("textcraft", "Thought: x\n\nAction:\n get 1 oak log!  \nInstruction: y", "get 1 oak log"),
+    ],
+)
+def test_http_host_path_uses_client_rule(tok, env_name, text, action):
+    """The host path sends what AgentGym's client would (`action_parse.client_action`), not
+    the text after the last ``"Action:\\n"``."""
+    import asyncio
+
+    from evol_jax.action_parse import client_action
+    from evol_jax.sampler import BatchedHTTPPolicy
+
+    model, params = _model(tok)
+    policy = BatchedHTTPPolicy(model, params, tok, env_name, wait_s=0.0)
+    policy.generate = _FixedText(text)
+    sent = asyncio.run(policy(0, "Your goal: go to the red ball", []))
+    assert sent == action == client_action(env_name, text)
+    assert policy.turns[0] == [text]
+
+
+def test_http_host_records_success_threshold(tok):
+    """Host records use the env's success threshold: a BabyAI reward of 1 - 0.9 t/T is a
+    success, a Maze reward of 0.5 is not (was ``reward == 1.0``)."""
+    from evol_jax.client import BatchResult, Episode
+    from evol_jax.sampler import BatchedHTTPPolicy
+
+    model, params = _model(tok)
+    expect = {"babyai": [(0.82, True), (0.0, False)], "maze": [(1.0, True), (0.5, False)]}
+    for env_name, cases in expect.items():
+        policy = BatchedHTTPPolicy(model, params, tok, env_name)
+        episodes = {}
+        for idx, (reward, _) in enumerate(cases):
+            policy.conversation(idx, "obs", [])
+            policy.turns[idx] = ["Thought:\n\n\nAction:\nx"]
+            episodes[idx] = Episode(idx=idx, actions=["x"], replies=[{"reward": reward}])
+        recs = policy.records(BatchResult(episodes=episodes, failed={}))
+        got = [(r["reward"], r["success"]) for r in recs]
+        assert got == cases, env_name
 
 
 def test_compact_prompt(tok):
