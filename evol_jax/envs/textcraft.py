@@ -16,7 +16,10 @@ base item and ``n`` in ``1..max_get``; ``craft`` commands: every recipe line as 
 ingredients such as ``planks`` included; those always fail, as upstream) and every instantiation of
 its tag ingredients with member items (``craft 4 stick using 2 oak planks``). State: inventory
 counts over all items plus insertion stamps (the inventory text lists items in insertion order).
-Step = gathers/scatters; the observation is built as word ids and expanded to tokens on device.
+Step = gathers/scatters. The reset observation is built as word ids and expanded to tokens on
+device; a stepped state's observation (message or inventory) is built directly in tokens from
+per-action / per-item / per-count token tables (`TextCraft._step_tokens`). The legal-action mask
+depends on the listed recipe lines only, so the state carries it (``legal``).
 
 Text outside the table: `action_from_text` raises `InvalidAction` with upstream's message when the
 text fails whatever the state ("Could not execute jump", "Could not find stick", "Wrong item format:
@@ -91,6 +94,9 @@ class TextCraftState:
     success: jax.Array  # bool []
     last_action: jax.Array  # int32 [], RESET_OBS / EXTERNAL_OBS / action id shown by the obs
     last_pass: jax.Array  # bool [], the last action's preconditions held
+    # bool [num_actions]: the legal-action mask, a function of ``commands`` only (fixed for the
+    # episode), so it is built once by `_initial` and passed through by `step`
+    legal: jax.Array
 
 
 class _Words:
@@ -181,6 +187,7 @@ class TextCraft(Env):
         self.word_table = self.codec.word_table(words.words)
         self.words = words.words
         self._compute_lengths()
+        self._build_step_tokens()
 
     # -- construction --------------------------------------------------------------------------
     def _build_actions(self, recipes, words: _Words):
@@ -377,6 +384,59 @@ class TextCraft(Env):
         )
         self.max_obs_len = int(max(reset_tok, inv_tok, msg_tok))
 
+    def _build_step_tokens(self):
+        """Token tables for the observation after a step (`_step_tokens`).
+
+        An observation after a step is ``prefix + S slots + suffix`` in tokens: the prefix is the
+        action's message (pass or fail), ``Inventory:`` or ``Inventory: You are not carrying
+        anything.``; slot ``s`` is the inventory item with insertion stamp ``s`` (``[item]
+        (count)``, empty if no present item has that stamp); the suffix is the final ``""`` word
+        of a non-empty inventory. Stamps of reachable states satisfy ``stamp < next_stamp <=
+        round <= max_rounds`` (one new entry per step at most; `step_text` renumbers from 0), so
+        ``S = max_rounds`` slots hold every present item, in stamp order.
+        """
+        pieces = np.asarray(self.word_table.pieces)
+        lengths = np.asarray(self.word_table.lengths)
+
+        def tokens(ids) -> list[int]:
+            return [int(t) for w in ids for t in pieces[w, : lengths[w]]]
+
+        pre = [tokens(m[:n]) for m, n in zip(self.act_pass_msg, self.act_pass_len, strict=True)]
+        pre += [tokens(m[:n]) for m, n in zip(self.act_fail_msg, self.act_fail_len, strict=True)]
+        self.pre_inv = len(pre)  # "Inventory:" (some items); pre_inv + 1: nothing carried
+        pre.append(tokens([self.w_inventory]))
+        pre.append(tokens([self.w_inventory, *self.w_nothing]))
+        self.pre_tok, self.pre_len = _pad(pre)
+        items = [tokens(b[:n]) for b, n in zip(self.bracket_words, self.bracket_len, strict=True)]
+        self.item_tok, self.item_tok_len = _pad(items)
+        counts = [tokens([self.w_count0 + c]) for c in range(self.count_cap + 1)]
+        count_tok, self.count_tok_len = _pad(counts)
+        suffix = tokens([self.w_blank])  # one "▁" with the shipped codec; any length works
+        wi, wc = self.item_tok.shape[1], count_tok.shape[1]
+        # window width of every piece (prefix, slot, suffix)
+        self.slot_width = max(wi + wc, self.pre_tok.shape[1], len(suffix), 1)
+        # count_at[c, k] = "(c)"'s tokens placed after a k-token item name, in a slot-wide row
+        self.count_at = np.zeros((self.count_cap + 1, wi + 1, self.slot_width), np.int32)
+        for k in range(wi + 1):
+            self.count_at[:, k, k : k + wc] = count_tok
+        self.suffix_tok, self.suffix_len = _pad([suffix], width=self.slot_width)
+        self.suffix_tok, self.suffix_len = self.suffix_tok[0], int(self.suffix_len[0])
+        if PAD_ID != 0:  # pieces are zero past their lengths and added into a PAD buffer
+            raise AssertionError(f"TextCraft: step tokens assume PAD_ID == 0, got {PAD_ID}")
+        self.num_slots = self.max_rounds
+        longest = int(
+            max(
+                self.pre_len.max(),
+                self.pre_len[self.pre_inv]
+                + min(len(self.items), self.num_slots) * (wi + wc)
+                + self.suffix_len,
+            )
+        )
+        if longest > self.max_obs_len:
+            raise AssertionError(
+                f"TextCraft: a step observation can take {longest} tokens > {self.max_obs_len}"
+            )
+
     def _build_expert(self):
         """Per item: the items of a min-depth crafting plan in topological order (item first)."""
         book = self.book
@@ -440,6 +500,7 @@ class TextCraft(Env):
             success=jnp.bool_(False),
             last_action=jnp.int32(RESET_OBS),
             last_pass=jnp.bool_(True),
+            legal=self._legal(commands, num_commands),
         )
 
     def reset(self, key: jax.Array, idx: jax.Array) -> tuple[TextCraftState, TimeStep]:
@@ -543,71 +604,29 @@ class TextCraft(Env):
             last_pass=(kind != CRAFT) | held,
         )
         active = ~state.done
-        new = jax.tree.map(lambda x, y: jnp.where(active, x, y), new, state)
+        new = jax.tree.map(lambda x, y: x if x is y else jnp.where(active, x, y), new, state)
         # a stepped state never shows the reset text: last_action is an action id (or, for a
         # finished state left unchanged, what the step or `step_text` that finished it set)
         reward = jnp.where(active & success, 1.0, 0.0).astype(jnp.float32)
         return new, self._timestep(new, reward, with_reset=False)
 
     def legal_actions(self, state: TextCraftState) -> jax.Array:
-        """bool [num_actions]: inventory, every ``get`` and the crafts of the listed lines."""
+        """bool [num_actions]: inventory, every ``get`` and the crafts of the listed lines.
+
+        The state carries it (``state.legal``, built from ``commands`` by `_initial`).
+        """
+        return state.legal
+
+    def _legal(self, commands: jax.Array, num_commands: jax.Array) -> jax.Array:
+        """`legal_actions` from the listed recipe lines (int32 [max_commands], their number)."""
+        commands = jnp.asarray(commands, jnp.int32)
         n_lines = len(self.lines)
-        valid = jnp.arange(state.commands.shape[0]) < state.num_commands
-        listed = (
-            jnp.zeros((n_lines + 1,), bool).at[jnp.where(valid, state.commands, n_lines)].set(True)
-        )
+        valid = jnp.arange(commands.shape[0]) < num_commands
+        listed = jnp.zeros((n_lines + 1,), bool).at[jnp.where(valid, commands, n_lines)].set(True)
         listed = listed.at[n_lines].set(False)
         return jnp.where(
             jnp.asarray(self.act_kind) == CRAFT, listed[jnp.asarray(self.act_line)], True
         )
-
-    def _obs_words(self, state: TextCraftState, with_reset: bool = True):
-        """Observation word ids; ``with_reset=False`` skips the reset text, for states that
-        cannot show it (after a step ``last_action`` is an action id or ``EXTERNAL_OBS``)."""
-        wmax = self.max_obs_words
-        present = state.stamp >= 0
-        # Items in insertion order: present stamps are distinct, so an item's place is the
-        # number of present items with a smaller stamp (comparisons, no per-env sort).
-        earlier = present[None, :] & (state.stamp[None, :] < state.stamp[:, None])
-        place = jnp.where(present, jnp.sum(earlier, axis=1), -1)  # [n_items]
-        slots = jnp.arange(self.max_inv_items)
-        order = jnp.argmax(place[None, :] == slots[:, None], axis=1)  # [max_inv_items]
-        shown = slots < jnp.sum(present)
-        br, bl = jnp.asarray(self.bracket_words)[order], jnp.asarray(self.bracket_len)[order]
-        count = self.w_count0 + jnp.clip(state.inventory[order], 0, self.count_cap)
-        rows = jnp.where(jnp.arange(br.shape[1])[None, :] == bl[:, None], count[:, None], br)
-        flat, n_flat = _pack(rows, jnp.where(shown, bl + 1, 0), wmax)
-        anyp = present.any()
-        nothing = jnp.asarray(self.w_nothing)
-        inv_ids, inv_n, over_i = concat_segments(
-            [
-                (jnp.array([self.w_inventory]), 1),
-                (nothing, jnp.where(anyp, 0, nothing.shape[0])),
-                (flat, n_flat),
-                (jnp.array([self.w_blank]), anyp.astype(jnp.int32)),
-            ],
-            wmax,
-        )
-        a = jnp.maximum(state.last_action, 0)
-        msg = jnp.where(
-            state.last_pass, jnp.asarray(self.act_pass_msg)[a], jnp.asarray(self.act_fail_msg)[a]
-        )
-        msg_n = jnp.where(
-            state.last_pass, jnp.asarray(self.act_pass_len)[a], jnp.asarray(self.act_fail_len)[a]
-        )
-        msg = jnp.zeros((wmax,), jnp.int32).at[: msg.shape[0]].set(msg)
-        is_reset = state.last_action == RESET_OBS
-        is_inv = ~is_reset & (jnp.asarray(self.act_kind)[a] == INVENTORY)
-        ids = jnp.where(is_inv, inv_ids, msg)
-        num_words = jnp.where(is_inv, inv_n, msg_n)
-        overflow = is_inv & over_i
-        if not with_reset:
-            return ids, num_words, overflow
-        reset_ids, reset_n, over_r = self._reset_words(state)
-        ids = jnp.where(is_reset, reset_ids, ids)
-        num_words = jnp.where(is_reset, reset_n, num_words)
-        overflow = jnp.where(is_reset, over_r, overflow)
-        return ids, num_words, overflow
 
     def _reset_words(self, state: TextCraftState):
         """The reset observation: "Crafting commands:" + the listed recipe lines + the goal."""
@@ -642,14 +661,83 @@ class TextCraft(Env):
         )
         return reset_ids, reset_n, over_r
 
+    def _step_tokens(self, state: TextCraftState) -> tuple[jax.Array, jax.Array]:
+        """Observation tokens of a stepped state (``last_action`` an action id), built directly
+        in tokens from the tables of `_build_step_tokens`: one row per piece (the prefix, a slot
+        per insertion stamp, the suffix), each zero past its length, added into the buffer at
+        the piece's start (a scatter-add of S + 2 windows; overlapping windows add zeros, so
+        write order does not matter). Same tokens and mask as building the words and expanding
+        them with `expand_words` (tests: the word-level reference), without the per-word gather
+        and per-token scatter.
+
+        Returns:
+          ``(tokens int32 [max_obs_len], mask bool [max_obs_len])``.
+        """
+        n_items, S, W = len(self.items), self.num_slots, self.slot_width
+        a = jnp.maximum(state.last_action, 0)
+        is_inv = jnp.asarray(self.act_kind)[a] == INVENTORY
+        present = state.stamp >= 0
+        anyp = present.any()
+        pre_row = jnp.where(
+            is_inv,
+            self.pre_inv + (~anyp).astype(jnp.int32),
+            jnp.where(state.last_pass, a, self.num_actions + a),
+        )
+        pre_len = jnp.asarray(self.pre_len)[pre_row]
+        # slot s holds the present item with stamp s (n_items: no item has that stamp)
+        by_stamp = (
+            jnp.full((S,), n_items, jnp.int32)
+            .at[jnp.where(present, state.stamp, S)]
+            .set(jnp.arange(n_items, dtype=jnp.int32), mode="drop")
+        )
+        filled = (by_stamp < n_items) & is_inv
+        item = jnp.minimum(by_stamp, n_items - 1)
+        ilen = jnp.asarray(self.item_tok_len)[item]
+        count = jnp.clip(state.inventory[item], 0, self.count_cap)
+        wi = self.item_tok.shape[1]
+        rows = jnp.pad(jnp.asarray(self.item_tok)[item], ((0, 0), (0, W - wi)))
+        rows = jnp.where(filled[:, None], rows + jnp.asarray(self.count_at)[count, ilen], 0)
+        slot_len = jnp.where(filled, ilen + jnp.asarray(self.count_tok_len)[count], 0)
+        ends = pre_len + jnp.cumsum(slot_len)
+        suffix = is_inv & anyp
+        pre = jnp.asarray(self.pre_tok)[pre_row]
+        pieces = jnp.concatenate(
+            [
+                jnp.pad(pre, (0, W - pre.shape[0]))[None],
+                rows,
+                jnp.where(suffix, jnp.asarray(self.suffix_tok), 0)[None],
+            ]
+        )
+        starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends - slot_len, ends[-1:]])
+        # every start is <= the longest step observation <= max_obs_len (`_build_step_tokens`)
+        dims = jax.lax.ScatterDimensionNumbers(
+            update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
+        )
+        tokens = jax.lax.scatter_add(
+            jnp.full((self.max_obs_len + W,), PAD_ID, jnp.int32),
+            starts[:, None],
+            pieces.astype(jnp.int32),
+            dims,
+            indices_are_sorted=True,
+            mode="promise_in_bounds",
+        )[: self.max_obs_len]
+        total = ends[-1] + jnp.where(suffix, self.suffix_len, 0)
+        return tokens, jnp.arange(self.max_obs_len) < total
+
     def _overflow(self, state):
-        ids, n, over = self._obs_words(state)
+        """The reset observation of ``state`` does not fit (words or tokens)."""
+        ids, n, over = self._reset_words(state)
         _, _, over_t = expand_words(ids, n, self.word_table, self.max_obs_len)
         return over | over_t
 
     def _timestep(self, state: TextCraftState, reward, with_reset: bool = True) -> TimeStep:
-        ids, n, _ = self._obs_words(state, with_reset)
-        tokens, mask, _ = expand_words(ids, n, self.word_table, self.max_obs_len)
+        tokens, mask = self._step_tokens(state)
+        if with_reset:
+            ids, n, _ = self._reset_words(state)
+            reset_tokens, reset_mask, _ = expand_words(ids, n, self.word_table, self.max_obs_len)
+            is_reset = state.last_action == RESET_OBS
+            tokens = jnp.where(is_reset, reset_tokens, tokens)
+            mask = jnp.where(is_reset, reset_mask, mask)
         return TimeStep(
             obs_tokens=tokens,
             obs_mask=mask,

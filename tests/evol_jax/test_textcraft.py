@@ -13,7 +13,15 @@ import pytest
 
 from evol_jax.envs import InvalidAction, make
 from evol_jax.envs import textcraft_recipes as tr
-from evol_jax.envs.textcraft import ActionOutsideTable, TextCraft
+from evol_jax.envs.textcraft import (
+    CRAFT,
+    INVENTORY,
+    RESET_OBS,
+    ActionOutsideTable,
+    TextCraft,
+    _pack,
+)
+from evol_jax.text import concat_segments, expand_words
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "agentgym"
 need_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"AgentGym parity data not at {DATA}")
@@ -351,3 +359,85 @@ def test_random_free_text_host_path(env_compat):
         want, reward, _ = tr.reference_step(e.book, inv, goal, text, True)
         assert out == want and e.observation_text(ts) == want and float(ts.reward) == reward
         assert list(e.inventory_dict(state).items()) == list(inv.items())
+
+
+def _reference_step_obs(env, state):
+    """The word-level observation builder that `TextCraft._step_tokens` replaced (kept verbatim
+    as the reference): message or inventory word ids (items ordered by stamp comparisons),
+    then `expand_words` (a per-word gather of pieces and a per-token scatter)."""
+    wmax = env.max_obs_words
+    present = state.stamp >= 0
+    earlier = present[None, :] & (state.stamp[None, :] < state.stamp[:, None])
+    place = jnp.where(present, jnp.sum(earlier, axis=1), -1)
+    slots = jnp.arange(env.max_inv_items)
+    order = jnp.argmax(place[None, :] == slots[:, None], axis=1)
+    shown = slots < jnp.sum(present)
+    br, bl = jnp.asarray(env.bracket_words)[order], jnp.asarray(env.bracket_len)[order]
+    count = env.w_count0 + jnp.clip(state.inventory[order], 0, env.count_cap)
+    rows = jnp.where(jnp.arange(br.shape[1])[None, :] == bl[:, None], count[:, None], br)
+    flat, n_flat = _pack(rows, jnp.where(shown, bl + 1, 0), wmax)
+    anyp = present.any()
+    nothing = jnp.asarray(env.w_nothing)
+    inv_ids, inv_n, _ = concat_segments(
+        [
+            (jnp.array([env.w_inventory]), 1),
+            (nothing, jnp.where(anyp, 0, nothing.shape[0])),
+            (flat, n_flat),
+            (jnp.array([env.w_blank]), anyp.astype(jnp.int32)),
+        ],
+        wmax,
+    )
+    a = jnp.maximum(state.last_action, 0)
+    ok = state.last_pass
+    msg = jnp.where(ok, jnp.asarray(env.act_pass_msg)[a], jnp.asarray(env.act_fail_msg)[a])
+    msg_n = jnp.where(ok, jnp.asarray(env.act_pass_len)[a], jnp.asarray(env.act_fail_len)[a])
+    msg = jnp.zeros((wmax,), jnp.int32).at[: msg.shape[0]].set(msg)
+    is_inv = jnp.asarray(env.act_kind)[a] == INVENTORY
+    ids, n = jnp.where(is_inv, inv_ids, msg), jnp.where(is_inv, inv_n, msg_n)
+    tokens, mask, _ = expand_words(ids, n, env.word_table, env.max_obs_len)
+    return tokens, mask
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_step_tokens_equal_word_level_reference(env, env_compat, compat):
+    """A/B: every stepped observation built in tokens (`_step_tokens`) equals the word-level
+    builder it replaced, and the carried legal mask equals the listed-lines mask, over a batch
+    of games mixing expert, random legal and inventory actions (items consumed by crafts leave
+    stamp gaps; an empty inventory shows "not carrying anything")."""
+    e = env_compat if compat else env
+    batch = 32
+    state, ts = jax.jit(jax.vmap(e.reset))(
+        jax.random.split(jax.random.key(7 + compat), batch), jnp.arange(batch, dtype=jnp.int32)
+    )
+    step, expert = jax.jit(jax.vmap(e.step)), jax.jit(jax.vmap(e.expert_action))
+    ref = jax.jit(jax.vmap(lambda s: _reference_step_obs(e, s)))
+    rng = np.random.default_rng(3 + compat)
+    kinds = np.asarray(e.act_kind)
+    lines = np.asarray(e.act_line)
+    seen = {"inventory": 0, "empty": 0, "gap": 0, "fail": 0}
+    for t in range(e.max_rounds):
+        legal = np.asarray(ts.legal_actions)
+        cmds, n = np.asarray(state.commands), np.asarray(state.num_commands)
+        listed = (lines[None, :, None] == cmds[:, None, :]) & (
+            np.arange(cmds.shape[1]) < n[:, None]
+        )[:, None, :]
+        np.testing.assert_array_equal(legal, (kinds != CRAFT)[None] | listed.any(2))
+        u = rng.random(batch)
+        rand = np.array([rng.choice(np.flatnonzero(m)) for m in legal])
+        craft = np.array([rng.choice(np.flatnonzero(m & (kinds == CRAFT))) for m in legal])
+        a = np.asarray(expert(state))
+        a = np.where(u < 0.4, a, np.where(u < 0.6, 0, np.where(u < 0.8, craft, rand)))
+        if t == 0:
+            a[:4] = 0  # inventory before anything is held
+        state, ts = step(state, jnp.asarray(a, jnp.int32))
+        tok, mask = ref(state)
+        np.testing.assert_array_equal(np.asarray(ts.obs_tokens), np.asarray(tok))
+        np.testing.assert_array_equal(np.asarray(ts.obs_mask), np.asarray(mask))
+        inv = np.asarray(state.last_action) == 0
+        held = (np.asarray(state.stamp) >= 0).sum(1)
+        seen["inventory"] += int(inv.sum())
+        seen["empty"] += int((inv & (held == 0)).sum())
+        seen["gap"] += int((inv & (held > 0) & (held < np.asarray(state.next_stamp))).sum())
+        seen["fail"] += int((~np.asarray(state.last_pass)).sum())
+        assert not (np.asarray(state.last_action) == RESET_OBS).any()
+    assert min(seen.values()) > 0, seen
