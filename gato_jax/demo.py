@@ -53,6 +53,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import sys
 import time
 
@@ -83,6 +84,27 @@ class Recipe:
     episodes_per_task: dict = dataclasses.field(default_factory=dict)
     time_budget: float | None = None
 
+
+# ``long``: mixture weights (probability of a training row), steps and training budget. A
+# BabyAI row holds one 182-token step (one action target), a Meta-World row four steps, a
+# control row 25-50 steps: BabyAI and Meta-World get the larger weights.
+LONG_WEIGHTS = {
+    "cartpole": 1.0,
+    "acrobot": 1.0,
+    "pendulum": 1.5,
+    "mountaincar_continuous": 0.5,
+    "babyai_goto_redball": 2.5,
+    "babyai_goto_local": 2.5,
+    "babyai_pickup_loc": 2.5,
+    "metaworld_reach": 2.0,
+    "metaworld_push": 2.0,
+    "metaworld_drawer_open": 2.0,
+    "atari_pong": 1.5,
+    "vl_shapes": 1.0,
+    "text_corpus": 0.3,
+}
+LONG_STEPS = 3500
+LONG_BUDGET = 40 * 60.0
 
 # Shared by both recipes: a 512-piece text vocabulary (model vocabulary 512 + 1024 + 1 = 1537
 # ids instead of 33,025: the output layer over 33k ids was ~90% of a tiny model's FLOPs), no
@@ -140,9 +162,13 @@ RECIPES = {
         train_steps=1200,
         eval_episodes=8,
     ),
-    # Every task; 256-token windows (one BabyAI step is 182 tokens, a Pong step 27 with 25
-    # image patches), a 4-block d_model-128 model, and a 35-minute training budget so that
-    # data + training + evaluation stay within an hour on the 2-core CPU.
+    # Every task, sized so that enough optimizer steps fit in the hour: the demo's 2-block
+    # d_model-64 model (a step of the 4-block d_model-128 model with 256-token windows and 256
+    # patch slots cost 4-5x as much, so only 376 steps fitted), 200-token windows (a BabyAI
+    # step is 182 tokens; the policy's context holds the 16-token prompt plus one step) and 64
+    # patch slots per window (every row pays for every slot in the patch ResNet; a vl_shapes
+    # episode has 45 patches, a Pong step 25, so Pong windows keep the frames of their first
+    # 2-3 steps and the later steps' frame tokens are masked out, ``patch_overflow``).
     "long": Recipe(
         tasks=(
             "cartpole,acrobot,pendulum,mountaincar_continuous,babyai_goto_redball,"
@@ -161,35 +187,21 @@ RECIPES = {
             "vl_shapes": 400,
             "text_corpus": 200,
         },
-        weights={
-            "pendulum": 1.5,
-            "babyai_goto_redball": 2.5,
-            "babyai_goto_local": 2.5,
-            "babyai_pickup_loc": 2.5,
-            "metaworld_reach": 2.0,
-            "metaworld_push": 2.0,
-            "metaworld_drawer_open": 2.0,
-            "atari_pong": 2.0,
-            "text_corpus": 0.3,
-        },
+        weights=LONG_WEIGHTS,
         overrides=(
             *_COMMON,
             "batch_size=16",
-            "log_every=25",
-            "checkpoint_every=100",
-            "tokenizer.seq_len=256",
-            "model.transformer.max_len=256",
-            "tokenizer.max_patches=256",
-            "model.transformer.d_model=128",
-            "model.transformer.num_layers=4",
-            "model.transformer.num_heads=4",
-            "model.transformer.mlp_dim=256",
-            "optim.peak_lr=0.005",
-            "optim.end_lr=0.0005",
+            "log_every=50",
+            "checkpoint_every=250",
+            "tokenizer.seq_len=200",
+            "model.transformer.max_len=200",
+            "tokenizer.max_patches=64",
+            "optim.peak_lr=0.01",
+            "optim.end_lr=0.001",
             "optim.warmup_steps=50",
         ),
-        train_steps=1000,
-        time_budget=35 * 60.0,
+        train_steps=LONG_STEPS,
+        time_budget=LONG_BUDGET,
         eval_episodes=10,
     ),
 }
@@ -208,6 +220,34 @@ def _print_captions(results_path: str, limit: int = 5) -> None:
             print(
                 f"  {ok} generated: {pair['generated']!r}\n      reference: {pair['reference']!r}"
             )
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def stage_timing(marks: list[tuple[str, float, float, tuple]]) -> dict:
+    """Per-stage wall / CPU seconds and load averages from ``(name, wall, cpu, loadavg)`` marks.
+
+    ``marks[0]`` is the start; stage ``i`` runs from ``marks[i - 1]`` to ``marks[i]``. The
+    load average (1, 5, 15 min) is the one read at the end of the stage.
+    """
+    if len(marks) < 2:
+        raise ValueError(f"stage_timing needs a start mark and at least one stage, got {marks}")
+    out = {}
+    for (_, w0, c0, _), (name, w1, c1, load) in zip(marks, marks[1:], strict=False):
+        out[name] = {
+            "wall_s": round(w1 - w0, 1),
+            "cpu_s": round(c1 - c0, 1),
+            "loadavg": [round(x, 2) for x in load],
+        }
+    out["total"] = {
+        "wall_s": round(marks[-1][1] - marks[0][1], 1),
+        "cpu_s": round(marks[-1][2] - marks[0][2], 1),
+    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     data = os.path.join(args.workdir, "data")
     run = os.path.join(args.workdir, "run")
     out = os.path.join(args.workdir, "eval")
-    t0 = time.perf_counter()
+    marks = [("start", time.perf_counter(), _cpu_seconds(), os.getloadavg())]
+
+    def mark(name):
+        marks.append((name, time.perf_counter(), _cpu_seconds(), os.getloadavg()))
+
     if not os.path.isfile(os.path.join(data, "tasks.json")):
         counts = ",".join(f"{n}={episodes[n]}" for n in names)
         print(f"[1/3] expert data: {counts} episodes -> {data}")
@@ -255,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
     else:
         print(f"[1/3] expert data: reusing {data}")
-    t1 = time.perf_counter()
+    mark("data")
     mixture = ",".join(f"{n}*{recipe.weights.get(n, 1.0):g}" for n in names)
     print(f"[2/3] training gato_tiny for {steps} steps on gen:{data}:{mixture} -> {run}")
     overrides = [*recipe.overrides, f"optim.decay_steps={steps}"]
@@ -267,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = train_main.main(train_argv)
     if rc:
         return rc
-    t2 = time.perf_counter()
+    mark("training")
     print(f"[3/3] evaluating ({eval_episodes} episodes per task) -> {out}")
     rc = evaluate.main(
         ["--workdir", run, "--tasks", ",".join(names), "--episodes", str(eval_episodes),
@@ -277,10 +321,14 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     print("sample captions of held-out images (greedy):")
     _print_captions(os.path.join(out, "results.json"))
-    t3 = time.perf_counter()
+    mark("evaluation")
+    timing = stage_timing(marks)
+    with open(os.path.join(args.workdir, "timing.json"), "w") as f:
+        json.dump(timing, f, indent=1)
     print(
-        f"demo finished in {t3 - t0:.0f} s (data {t1 - t0:.0f} s, training {t2 - t1:.0f} s, "
-        f"evaluation {t3 - t2:.0f} s)"
+        "demo finished in {total[wall_s]:.0f} s (data {data[wall_s]:.0f} s, training "
+        "{training[wall_s]:.0f} s, evaluation {evaluation[wall_s]:.0f} s); process CPU "
+        "{total[cpu_s]:.0f} s; load average at the end {evaluation[loadavg]}".format(**timing)
     )
     return 0
 
