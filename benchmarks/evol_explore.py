@@ -194,24 +194,19 @@ def conversation(first_obs: str, turns: list[str], replies: list[str]) -> list[d
     return conv
 
 
-def host_path(pol: dict, url: str, batch: int, rounds: int, max_new_tokens: int):
-    """``call() -> stats``: pooled async client + `BatchedHTTPPolicy`, ``batch`` episodes."""
+def host_path(
+    pol: dict, url: str, batch: int, rounds: int, max_new_tokens: int, kv_reuse: bool = False
+):
+    """``call() -> stats``: pooled async client + `BatchedHTTPPolicy`, ``batch`` episodes
+    (``kv_reuse``: each episode's KV cache kept between its turns)."""
     from evol_jax.client import AgentGymClient
     from evol_jax.sampler import BatchedHTTPPolicy
 
     policy = BatchedHTTPPolicy(
         pol["model"], pol["params"], pol["tok"], ENV, max_new_tokens=max_new_tokens,
-        max_batch=batch, wait_s=0.005,
+        max_batch=batch, wait_s=0.005, kv_reuse=kv_reuse,
     )  # fmt: skip
-    counts: list[np.ndarray] = []
-    inner = policy._generate
-
-    def counted(*args, **kwargs):
-        toks, count = inner(*args, **kwargs)
-        counts.append(np.asarray(count))
-        return toks, count
-
-    policy._generate = counted  # record per-row generated-token counts of every batch
+    counts = policy.generated_counts  # per batch: generated tokens per row
     indices = list(range(batch))
 
     async def go():
@@ -223,8 +218,7 @@ def host_path(pol: dict, url: str, batch: int, rounds: int, max_new_tokens: int)
         res = asyncio.run(go())
         if res.failed:
             raise RuntimeError(f"evol_explore: host path episodes failed: {res.failed}")
-        sizes = policy.batch_sizes[start:]
-        tokens = sum(int(c[:n].sum()) for c, n in zip(counts[start:], sizes, strict=True))
+        tokens = sum(int(c.sum()) for c in counts[start:])
         eps = [res.episodes[i] for i in indices]
         return {
             "episodes": len(eps),
@@ -232,7 +226,7 @@ def host_path(pol: dict, url: str, batch: int, rounds: int, max_new_tokens: int)
             "tokens": tokens,
             "steps_per_episode": [len(e.actions) for e in eps],
             "actions": {i: list(res.episodes[i].actions) for i in indices},
-            "batches": len(sizes),
+            "batches": len(counts) - start,
         }
 
     return call, policy

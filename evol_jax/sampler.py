@@ -807,6 +807,15 @@ class BatchedHTTPPolicy:
     server answers as it does to any invalid action. Records count an episode as a success when
     its reward is above the env's threshold (`evol_jax.envs.base.success_threshold`).
 
+    ``kv_reuse=True`` keeps every episode's KV cache between its turns (one slot per episode in a
+    device-resident pool) instead of re-encoding the whole conversation every turn: a turn's
+    prompt (the conversation re-tokenised as above) is compared with the tokens already in the
+    episode's cache, the cache is kept up to their longest common prefix and only the rest (the
+    end of the last assistant turn, when re-tokenising its text does not give back the sampled
+    ids, and the new observation) is prefilled. The prompt tokens are the same as with
+    ``kv_reuse=False``, the per-step keys too (``fold_in(fold_in(key(seed), n), step)``), so both
+    modes give the same turns up to float rounding (tested, greedy and sampled).
+
     Args:
       model, params, tokenizer: the policy.
       env_name: AgentGym environment name (selects the client prompt and the client's action
@@ -817,12 +826,17 @@ class BatchedHTTPPolicy:
       temperature, top_p: sampling (0 = greedy).
       seed: PRNG seed; batch ``n`` uses ``fold_in(key(seed), n)``.
       max_batch, wait_s, bucket: batching knobs.
+      kv_reuse: keep each episode's cache between turns (see above).
+      cache_len: per-episode cache capacity with ``kv_reuse`` (default the model's ``max_len``);
+        a turn that would not fit raises ``ValueError``. The pool holds one such cache per
+        episode index seen (``clear_cache`` frees it).
     """
 
     def __init__(
         self, model, params, tokenizer, env_name: str, *, max_new_tokens: int = 64,
         temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
-        max_batch: int = 64, wait_s: float = 0.01, bucket: int = 256,
+        max_batch: int = 64, wait_s: float = 0.01, bucket: int = 256, kv_reuse: bool = False,
+        cache_len: int | None = None,
     ):  # fmt: skip
         if env_name.lower() == "wordle":
             raise ValueError("BatchedHTTPPolicy: wordle's first observation needs the vocabulary")
@@ -842,6 +856,21 @@ class BatchedHTTPPolicy:
         self.batch_sizes: list[int] = []
         self._pending: list = []
         self._flush_task = None
+        # kv_reuse: slot 0 of the pool is scratch (padding rows write there), episode idx owns
+        # slot self._slots[idx] and self._cached[idx] lists the tokens its cache holds
+        self.kv_reuse = kv_reuse
+        self.cache_len = int(cache_len or model.config.max_len)
+        self._pool: KVCache | None = None
+        self._slots: dict[int, int] = {}
+        self._cached: dict[int, list[int]] = {}
+        self.prompt_tokens = 0  # tokens of every turn's prompt
+        self.prefilled_tokens = 0  # of which were run through the model (the rest was cached)
+        self.generated_counts: list[np.ndarray] = []  # per batch: tokens generated per row
+        self._turn = jax.jit(
+            partial(_cached_turn, model, eos_id=tokenizer.eos_id,
+                    max_new_tokens=max_new_tokens, top_p=top_p),
+            static_argnames=("width",), donate_argnames=("pool",),
+        )  # fmt: skip
         from core_jax.nn.decoding import generate
 
         self._generate = jax.jit(
@@ -868,7 +897,7 @@ class BatchedHTTPPolicy:
         conv = self.conversation(idx, obs, history)
         toks, _ = tokenize_conversation(conv, self.tokenizer, LLAMA2)
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((toks, fut))
+        self._pending.append((idx, toks, fut))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._flush_task is None:
@@ -885,12 +914,15 @@ class BatchedHTTPPolicy:
         if not batch:
             return
         try:
-            texts = self.generate([t for t, _ in batch])
+            if self.kv_reuse:
+                texts = self.generate_cached([i for i, _, _ in batch], [t for _, t, _ in batch])
+            else:
+                texts = self.generate([t for _, t, _ in batch])
         except Exception as e:  # every waiting episode fails with the reason
-            for _, fut in batch:
+            for _, _, fut in batch:
                 fut.set_exception(e)
             return
-        for (_, fut), text in zip(batch, texts, strict=True):
+        for (_, _, fut), text in zip(batch, texts, strict=True):
             fut.set_result(text)
         if self._pending:
             self._flush()
@@ -912,7 +944,87 @@ class BatchedHTTPPolicy:
         )  # fmt: skip
         self.num_batches += 1
         self.batch_sizes.append(n)
+        self.prompt_tokens += sum(len(p) for p in prompts_)
+        self.prefilled_tokens += sum(len(p) for p in prompts_)
+        return self._texts(np.asarray(toks), np.asarray(count), n)
+
+    def generate_cached(self, episodes: Sequence[int], prompts_: Sequence[np.ndarray]) -> list[str]:
+        """`generate` for the turns of episodes ``episodes`` reusing their KV caches
+        (``kv_reuse``; see the class docstring). Same batch layout, keys and outputs."""
+        n = len(prompts_)
+        if len(set(episodes)) != n:
+            raise ValueError(f"generate_cached: an episode appears twice in one batch: {episodes}")
+        rows = -(-n // 8) * 8
+        for idx in episodes:
+            if idx not in self._slots:
+                self._slots[idx] = len(self._slots) + 1  # slot 0 is scratch
+                self._cached[idx] = []
+        self._grow_pool(len(self._slots) + 1)
+        keep = np.zeros((rows,), np.int32)
+        slots = np.zeros((rows,), np.int32)
+        new = []
+        for i, (idx, p) in enumerate(zip(episodes, prompts_, strict=True)):
+            p = [int(t) for t in p]
+            c = _common_prefix(self._cached[idx], p)
+            keep[i] = min(c, len(p) - 1)  # at least one token to prefill: the next logits
+            slots[i] = self._slots[idx]
+            new.append(p[keep[i] :])
+        chunk_bucket = min(self.bucket, 64)  # later turns prefill ~one observation
+        chunk_w = -(-max(len(t) for t in new) // chunk_bucket) * chunk_bucket
+        need = int(max(keep[i] + len(t) for i, t in enumerate(new))) + self.max_new_tokens
+        width = -(-need // self.bucket) * self.bucket
+        if width > self.cache_len:
+            width = need
+        if need > self.cache_len:
+            raise ValueError(
+                f"BatchedHTTPPolicy: a turn needs {need} cache positions (prompt + "
+                f"max_new_tokens={self.max_new_tokens}), cache_len is {self.cache_len}"
+            )
+        chunk = np.zeros((rows, chunk_w), np.int32)
+        n_new = np.ones((rows,), np.int32)
+        for i, t in enumerate(new):
+            chunk[i, : len(t)] = t
+            n_new[i] = len(t)
+        key = jax.random.fold_in(self.key, self.num_batches)
+        toks, count, self._pool = self._turn(
+            self.params, key, self._pool, jnp.asarray(slots), jnp.asarray(keep),
+            jnp.asarray(chunk), jnp.asarray(n_new), jnp.float32(self.temperature), width=width,
+        )  # fmt: skip
+        self.num_batches += 1
+        self.batch_sizes.append(n)
         toks, count = np.asarray(toks), np.asarray(count)
+        for i, (idx, p) in enumerate(zip(episodes, prompts_, strict=True)):
+            self._cached[idx] = [int(t) for t in p] + toks[i, : count[i]].tolist()
+        self.prompt_tokens += sum(len(p) for p in prompts_)
+        self.prefilled_tokens += int(n_new[:n].sum())
+        return self._texts(toks, count, n)
+
+    def clear_cache(self) -> None:
+        """Frees the ``kv_reuse`` pool (every episode index owns a slot until then; an index
+        that comes back reuses its slot and whatever prefix of its cache still matches)."""
+        self._pool, self._slots, self._cached = None, {}, {}
+
+    def _grow_pool(self, slots: int) -> None:
+        have = 0 if self._pool is None else self._pool.length.shape[0]
+        if slots <= have:
+            return
+        size = max(8, -(-slots // 8) * 8, 2 * have)
+        pool = KVCache.init(self.model.config, size, self.cache_len)
+        # KVCache.init shares its zero arrays between keys and values; the pool is donated to
+        # every turn, so each must be its own buffer
+        pool = pool.replace(values=tuple(jnp.zeros_like(v) for v in pool.values))
+        if self._pool is not None:
+            old = self._pool
+            pool = pool.replace(
+                keys=tuple(k.at[:have].set(o) for k, o in zip(pool.keys, old.keys, strict=True)),
+                values=tuple(
+                    v.at[:have].set(o) for v, o in zip(pool.values, old.values, strict=True)
+                ),
+            )
+        self._pool = pool
+
+    def _texts(self, toks: np.ndarray, count: np.ndarray, n: int) -> list[str]:
+        self.generated_counts.append(count[:n])
         out = []
         for i in range(n):
             ids = [int(t) for t in toks[i, : count[i]] if t != self.tokenizer.eos_id]
@@ -939,3 +1051,54 @@ class BatchedHTTPPolicy:
                           "success": ep.reward > success_threshold(self.env_name),
                           "failed": idx in batch.failed})  # fmt: skip
         return items
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _cached_turn(
+    model, params, key, pool: KVCache, slots, keep, chunk, n_new, temperature, *, eos_id: int,
+    max_new_tokens: int, top_p, width: int,
+):  # fmt: skip
+    """One host-path turn on cached rows (`BatchedHTTPPolicy.generate_cached`).
+
+    Gathers the rows ``slots`` of ``pool`` (first ``width`` positions), keeps ``keep[b]`` cached
+    positions, prefills ``chunk[b, :n_new[b]]`` and samples ``max_new_tokens`` tokens exactly as
+    `core_jax.nn.decoding.generate` does (step ``i`` draws with ``fold_in(key, i)``, rows stop
+    after ``eos_id``); writes the rows back. Returns ``(tokens [B, T], count [B], pool)``.
+    """
+    from core_jax.nn.decoding import decode_step, prefill
+
+    b = slots.shape[0]
+    cache = KVCache(
+        keys=tuple(k[slots, :width] for k in pool.keys),
+        values=tuple(v[slots, :width] for v in pool.values),
+        length=keep, overflow=jnp.zeros((b,), bool),
+    )  # fmt: skip
+    logits, cache = prefill(model, params, chunk, lengths=n_new, cache=cache)
+    last = jnp.take_along_axis(logits, (n_new - 1)[:, None, None], axis=1)[:, 0]
+
+    def body(carry, i):
+        cache, last_logits, done = carry
+        tok = sample_ids(jax.random.fold_in(key, i), last_logits, temperature=temperature,
+                         top_p=top_p)  # fmt: skip
+        tok = jnp.where(done, eos_id, tok)
+        new_done = done | (tok == eos_id)
+        step_logits, cache = decode_step(model, params, cache, jnp.maximum(tok, 0))
+        return (cache, step_logits, new_done), (tok, ~done)
+
+    init = (cache, last, jnp.zeros((b,), bool))
+    (cache, _, _), (toks, live) = jax.lax.scan(body, init, jnp.arange(max_new_tokens))
+    keys = zip(pool.keys, cache.keys, strict=True)
+    values = zip(pool.values, cache.values, strict=True)
+    pool = pool.replace(
+        keys=tuple(p.at[slots, :width].set(c) for p, c in keys),
+        values=tuple(p.at[slots, :width].set(c) for p, c in values),
+    )
+    return toks.T, live.T.sum(axis=1).astype(jnp.int32), pool

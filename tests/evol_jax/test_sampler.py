@@ -8,6 +8,7 @@ import pytest
 
 from core_jax.nn import Transformer, TransformerConfig
 from evol_jax import envs, experts
+from evol_jax import prompts as prompts_mod
 from evol_jax.policy_data import tokenize_conversation
 from evol_jax.policy_tokenizer import PolicyTokenizer, train_policy_tokenizer
 from evol_jax.sampler import (
@@ -169,7 +170,7 @@ def test_http_host_path_batches_generation(tok):
     model, params = _model(tok)
     policy = BatchedHTTPPolicy(model, params, tok, "maze", max_new_tokens=6, wait_s=0.05)
 
-    async def run():
+    async def run(policy):
         runner = web.AppRunner(build_app([build_service("maze")]))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -181,7 +182,7 @@ def test_http_host_path_batches_generation(tok):
         finally:
             await runner.cleanup()
 
-    batch = asyncio.run(run())
+    batch = asyncio.run(run(policy))
     assert not batch.failed
     calls = sum(len(ep.actions) for ep in batch.episodes.values())
     assert policy.num_batches < calls and max(policy.batch_sizes) == 4
@@ -195,6 +196,14 @@ def test_http_host_path_batches_generation(tok):
         # Batched greedy generation == the same prompt generated alone.
         prompt, _ = tc(rec["conversations"][:3], tok)
         assert policy.generate([prompt]) == [gpt[0]]
+    # the same episodes with each episode's KV cache kept between turns
+    kv = BatchedHTTPPolicy(model, params, tok, "maze", max_new_tokens=6, wait_s=0.05,
+                           kv_reuse=True)  # fmt: skip
+    kv_batch = asyncio.run(run(kv))
+    assert not kv_batch.failed
+    by_id = lambda recs: sorted(recs, key=lambda r: r["item_id"])  # noqa: E731
+    assert by_id(kv.records(kv_batch)) == by_id(records)
+    assert kv.prefilled_tokens < kv.prompt_tokens
     with pytest.raises(ValueError, match="wordle"):
         BatchedHTTPPolicy(model, params, tok, "wordle")
     with pytest.raises(ValueError, match="webshop"):
@@ -423,3 +432,43 @@ def test_compact_wordle_first_observation():
     item["conversations"][2]["value"] = "Let's start"
     with pytest.raises(ValueError, match="vocabulary block"):
         restyle_item(item, "compact")
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_http_host_kv_reuse_equals_reencoding(tok, temperature):
+    """``kv_reuse=True`` (each episode's cache kept between turns, only new tokens prefilled)
+    gives the same turns as re-encoding the whole conversation, greedy and sampled, over
+    several turns with changing batch membership and order; it prefills far fewer tokens."""
+    from evol_jax.sampler import BatchedHTTPPolicy
+
+    model, params = _model(tok, seed=2)
+    kw = dict(max_new_tokens=12, temperature=temperature, seed=3, bucket=64)
+    ref = BatchedHTTPPolicy(model, params, tok, "maze", **kw)
+    kv = BatchedHTTPPolicy(model, params, tok, "maze", kv_reuse=True, **kw)
+    convs = {}
+    for i in range(3):
+        convs[i] = prompts_mod.conversation_start("maze")
+        convs[i].append({"from": "human", "loss": None, "value": f"You are at {i}, {i + 1}."})
+    prev = {}  # episode -> its last prompt's length
+    # turn membership/order: all, a reordered subset, all again
+    for turn, eps in enumerate([[0, 1, 2], [2, 0], [1, 0, 2]]):
+        toks = [tokenize_conversation(convs[i], tok)[0] for i in eps]
+        want = ref.generate(toks)
+        before = kv.prefilled_tokens
+        got = kv.generate_cached(eps, toks)
+        assert got == want, turn
+        prefilled = kv.prefilled_tokens - before
+        # at most what the prompts added since the episode's last turn (all of it on turn 0)
+        added = sum(len(t) - prev.get(i, 0) for i, t in zip(eps, toks, strict=True))
+        assert prefilled <= added < sum(len(t) for t in toks) or turn == 0, turn
+        assert prefilled == added or turn > 0
+        prev.update({i: len(t) for i, t in zip(eps, toks, strict=True)})
+        for i, text in zip(eps, got, strict=True):
+            convs[i].append({"from": "gpt", "loss": True, "value": text})
+            convs[i].append({"from": "human", "loss": None, "value": f"Wall {turn} at {i}."})
+    assert kv.prompt_tokens == ref.prompt_tokens
+    kv.clear_cache()  # a fresh pool: everything prefilled again, same turns
+    assert kv.generate_cached(eps, toks) == ref.generate(toks)
+    short = BatchedHTTPPolicy(model, params, tok, "maze", kv_reuse=True, cache_len=64, **kw)
+    with pytest.raises(ValueError, match="cache_len"):
+        short.generate_cached([0], [tokenize_conversation(convs[0], tok)[0]])
