@@ -530,7 +530,7 @@ class TextCraft(Env):
         v = jnp.where(valid, jax.random.uniform(k_order, cand.shape), 2.0)
         commands = cand[jnp.argsort(v)][: self.max_commands]
         state = self._initial(jnp.asarray(self.goal_item)[g], commands, n_tree + n_picked)
-        return state, self._timestep(state, jnp.float32(0.0))
+        return state, self._timestep(state, jnp.float32(0.0), at_reset=True)
 
     def instance_from(self, goal: str, commands: Sequence[str] | str):
         """Host: the reset state for an explicit goal and recipe-line list (e.g. a recorded reset).
@@ -560,7 +560,7 @@ class TextCraft(Env):
         state = self._initial(self.item_index[goal_id], ids, len(lines))
         if not hasattr(self, "_jit_start"):
             self._jit_start = jax.jit(
-                lambda s: (self._timestep(s, jnp.float32(0.0)), self._overflow(s))
+                lambda s: (self._timestep(s, jnp.float32(0.0), at_reset=True), self._overflow(s))
             )
         ts, overflow = self._jit_start(state)
         if bool(overflow):
@@ -608,7 +608,7 @@ class TextCraft(Env):
         # a stepped state never shows the reset text: last_action is an action id (or, for a
         # finished state left unchanged, what the step or `step_text` that finished it set)
         reward = jnp.where(active & success, 1.0, 0.0).astype(jnp.float32)
-        return new, self._timestep(new, reward, with_reset=False)
+        return new, self._timestep(new, reward)
 
     def legal_actions(self, state: TextCraftState) -> jax.Array:
         """bool [num_actions]: inventory, every ``get`` and the crafts of the listed lines.
@@ -730,14 +730,14 @@ class TextCraft(Env):
         _, _, over_t = expand_words(ids, n, self.word_table, self.max_obs_len)
         return over | over_t
 
-    def _timestep(self, state: TextCraftState, reward, with_reset: bool = True) -> TimeStep:
-        tokens, mask = self._step_tokens(state)
-        if with_reset:
+    def _timestep(self, state: TextCraftState, reward, at_reset: bool = False) -> TimeStep:
+        """``at_reset``: ``state`` is a reset state (``last_action == RESET_OBS``, from `reset` or
+        `instance_from`), shown by the reset text; otherwise a stepped state (`_step_tokens`)."""
+        if at_reset:
             ids, n, _ = self._reset_words(state)
-            reset_tokens, reset_mask, _ = expand_words(ids, n, self.word_table, self.max_obs_len)
-            is_reset = state.last_action == RESET_OBS
-            tokens = jnp.where(is_reset, reset_tokens, tokens)
-            mask = jnp.where(is_reset, reset_mask, mask)
+            tokens, mask, _ = expand_words(ids, n, self.word_table, self.max_obs_len)
+        else:
+            tokens, mask = self._step_tokens(state)
         return TimeStep(
             obs_tokens=tokens,
             obs_mask=mask,
