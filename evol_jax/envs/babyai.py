@@ -272,7 +272,7 @@ class BabyAI(Env):
         is_check = action == core.A_CHECK
         plan, plen = core.plan_for(an, action)
         execute = legal & ~is_check & (plen > 0)
-        img0 = an.image
+        img0 = an.image.astype(jnp.uint8)  # view_image's dtype
 
         def cond(c):
             i, stop = c[0], c[1]

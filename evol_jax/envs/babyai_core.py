@@ -111,8 +111,11 @@ class Mission:
     strict: jax.Array  # bool [4] strict leaves (debug levels): a wrong door / object fails
     set_a: jax.Array  # bool [4, MAX_OBJ] objects matching the (moved) description
     set_b: jax.Array  # bool [4, MAX_OBJ] fixed object of put-next
-    poss_a: jax.Array  # bool [4, MAXS, MAXS] tracked positions (minigrid obj_poss)
-    poss_b: jax.Array  # bool [4, MAXS, MAXS]
+    # int16 [MAX_OBJ] cell (`cell_index`) of each object at the last position update (reset or
+    # drop; -1 off the grid): minigrid's obj_poss of a leaf are the poss_cell of its set_a / set_b
+    # objects (`poss_mask`). Every leaf is updated at the same time (minigrid's
+    # update_objs_poss), so one table serves all leaves.
+    poss_cell: jax.Array
     pre_carry: jax.Array  # int32 [4] object id carried at the leaf's last verify (0 none)
     leaf_status: jax.Array  # int32 [4] for AndInstr nodes: 0 continue, 1 success, 2 failure
     node_status: jax.Array  # int32 [2] a_done / b_done of the top sequence
@@ -122,8 +125,9 @@ class Mission:
 class World:
     """The minigrid state."""
 
-    grid: jax.Array  # int32 [MAXS, MAXS, 3]
-    oid: jax.Array  # int32 [MAXS, MAXS] object id of the cell (0 none / wall)
+    grid: jax.Array  # uint8 [MAXS, MAXS, 3]
+    oid: jax.Array  # int8 [MAXS, MAXS] object id of the cell (0 none / wall)
+    obj_cell: jax.Array  # int16 [MAX_OBJ] cell (`cell_index`) of each object id (-1 off the grid)
     contents: jax.Array  # int32 [MAX_OBJ, 4] box contents per box id: type, colour, state, id
     agent_pos: jax.Array  # int32 [2]
     agent_dir: jax.Array  # int32 []
@@ -168,7 +172,7 @@ class Analysis:
 def _cell(grid, x, y):
     inside = (x >= 0) & (y >= 0) & (x < MAXS) & (y < MAXS)
     enc = grid[jnp.clip(x, 0, MAXS - 1), jnp.clip(y, 0, MAXS - 1)]
-    return jnp.where(inside[..., None], enc, jnp.array([WALL, GREY, 0], jnp.int32))
+    return jnp.where(inside[..., None], enc, jnp.array([WALL, GREY, 0], grid.dtype))
 
 
 def view_coords(pos, d):
@@ -214,9 +218,9 @@ def vis_mask(enc):
     def right(x, k):
         return x >> k
 
-    def row(t, c):
-        rows, up = c
-        j = VIEW - 1 - t
+    rows = [None] * VIEW
+    up = jnp.int32(1 << (VIEW // 2))
+    for j in range(VIEW - 1, -1, -1):  # unrolled: 7 rows of scalar bit ops, fused by XLA
         s = sb_rows[j]
         q = fill(up & s, s, left)  # cells passing the view to the right
         r = up | left(q, 1)
@@ -225,10 +229,8 @@ def vis_mask(enc):
         r = r | right(q, 1)
         go_right = q & (full - 1)  # i in 1..6
         up = (go_left | left(go_left, 1) | go_right | right(go_right, 1)) & full
-        return rows.at[j].set(r), up
-
-    rows = jnp.zeros((VIEW,), jnp.int32)
-    rows, _ = jax.lax.fori_loop(0, VIEW, row, (rows, jnp.int32(1 << (VIEW // 2))))
+        rows[j] = r
+    rows = jnp.stack(rows)
     return ((rows[None, :] >> jnp.arange(VIEW)[:, None]) & 1).astype(bool)
 
 
@@ -273,11 +275,24 @@ def view_image(w: World):
     enc = _cell(w.grid, xy[..., 0], xy[..., 1])
     mask = vis_mask(enc)
     carried = jnp.where(w.carrying_id > 0, w.carrying, jnp.array([EMPTY, 0, 0], jnp.int32))
-    enc = enc.at[VIEW // 2, VIEW - 1].set(carried)
-    return jnp.where(mask[..., None], enc, 0)
+    enc = enc.at[VIEW // 2, VIEW - 1].set(carried.astype(enc.dtype))
+    return jnp.where(mask[..., None], enc, jnp.zeros((), enc.dtype))
 
 
 # ----------------------------------------------------------------------------- dynamics
+
+
+def cell_index(x, y):
+    """Flat cell index ``x * MAXS + y`` of `World.obj_cell` / `Mission.poss_cell`."""
+    return x * MAXS + y
+
+
+def poss_mask(ms: Mission, obj_set):
+    """minigrid's ``obj_poss`` of one description as a bool [MAXS, MAXS] mask: the
+    `Mission.poss_cell` of the objects in ``obj_set`` (bool [MAX_OBJ], e.g. ``ms.set_a[leaf]``)."""
+    pc = ms.poss_cell.astype(jnp.int32)
+    cells = jnp.where(obj_set & (pc >= 0), pc, MAXS * MAXS)
+    return jnp.zeros((MAXS * MAXS + 1,), bool).at[cells].set(True)[:-1].reshape(MAXS, MAXS)
 
 
 def front_pos(w: World):
@@ -290,7 +305,9 @@ def _leaf_ok(ms: Mission, w: World, action):
     fxc, fyc = jnp.clip(fx, 0, MAXS - 1), jnp.clip(fy, 0, MAXS - 1)
     pre = ms.pre_carry
     cid = w.carrying_id
-    goto_ok = ms.poss_a[:, fxc, fyc]
+    # the tracked positions (`poss_mask`) tested through the per-object table (no grid masks)
+    pc = ms.poss_cell.astype(jnp.int32)
+    goto_ok = jnp.any(ms.set_a & (pc == cell_index(fxc, fyc))[None], axis=-1)
     pick_ok = (action == PICKUP) & (pre == 0) & (cid > 0) & ms.set_a[:, cid]
     front_id = w.oid[fxc, fyc]
     front = w.grid[fxc, fyc]
@@ -298,11 +315,10 @@ def _leaf_ok(ms: Mission, w: World, action):
     open_ok = (action == TOGGLE) & door_open & ms.set_a[:, front_id]
 
     # put next: the object carried at the last verify was dropped in front, next to a fixed one
-    def poss_b(x, y):  # ms.poss_b[:, x, y], False outside the grid (no padded copy)
-        inside = (x >= 0) & (y >= 0) & (x < MAXS) & (y < MAXS)
-        return inside & ms.poss_b[:, jnp.clip(x, 0, MAXS - 1), jnp.clip(y, 0, MAXS - 1)]
-
-    near = poss_b(fxc - 1, fyc) | poss_b(fxc + 1, fyc) | poss_b(fxc, fyc - 1) | poss_b(fxc, fyc + 1)
+    # (a tracked position of set_b at Manhattan distance 1 from the front cell)
+    px, py = pc // MAXS, pc % MAXS
+    near_obj = (pc >= 0) & (jnp.abs(px - fxc) + jnp.abs(py - fyc) == 1)
+    near = jnp.any(ms.set_b & near_obj[None], axis=-1)
     put_ok = (
         (action == DROP) & (pre > 0) & ms.set_a[jnp.arange(MAX_LEAVES), pre] & (cid == 0) & near
     )
@@ -381,14 +397,6 @@ def verify(ms: Mission, w: World, action):
     return ms, status.astype(jnp.int32)
 
 
-def update_poss(ms: Mission, w: World) -> Mission:
-    """``update_objs_poss``: tracked objects' positions re-read from the grid (after a drop)."""
-    oid = w.oid
-    pa = ms.set_a[:, oid] & (oid > 0)[None]
-    pb = ms.set_b[:, oid] & (oid > 0)[None]
-    return ms.replace(poss_a=pa, poss_b=pb)
-
-
 def prim_step(w: World, action):
     """One minigrid ``RoomGridLevel.step``; returns (world, reward, terminated)."""
     w = w.replace(step_count=w.step_count + 1)
@@ -432,11 +440,27 @@ def prim_step(w: World, action):
     new_id = jnp.where(drop, w.carrying_id, new_id)
     carrying = jnp.where(pick, cell, jnp.where(drop, 0, w.carrying))
     carrying_id = jnp.where(pick, cid, jnp.where(drop, 0, w.carrying_id))
+    # one cell written (the front one; a front outside the grid writes its clipped cell back)
     inside = (fp[0] >= 0) & (fp[1] >= 0) & (fp[0] < MAXS) & (fp[1] < MAXS)
-    grid = jnp.where(inside, w.grid.at[fx, fy].set(new_cell), w.grid)
-    oid = jnp.where(inside, w.oid.at[fx, fy].set(new_id), w.oid)
+    grid = w.grid.at[fx, fy].set(jnp.where(inside, new_cell, cell).astype(w.grid.dtype))
+    oid = w.oid.at[fx, fy].set(jnp.where(inside, new_id, cid).astype(w.oid.dtype))
+    # object positions: the picked-up object and an opened box leave the grid, the dropped object
+    # and a box's contents appear in front
+    fc = cell_index(fx, fy)
+    ids = jnp.arange(MAX_OBJ)
+    gone = jnp.where(pick | box_open, cid, 0)
+    came = jnp.where(drop, w.carrying_id, jnp.where(box_open, cont[3], 0))
+    oc = w.obj_cell
+    oc = jnp.where(inside & (ids == gone) & (gone > 0), -1, oc)
+    oc = jnp.where(inside & (ids == came) & (came > 0), fc, oc).astype(oc.dtype)
     w = w.replace(
-        grid=grid, oid=oid, agent_pos=pos, agent_dir=d, carrying=carrying, carrying_id=carrying_id
+        grid=grid,
+        oid=oid,
+        obj_cell=oc,
+        agent_pos=pos,
+        agent_dir=d,
+        carrying=carrying,
+        carrying_id=carrying_id,
     )
     reward = jnp.float32(0.0)
     term = move & ((t == GOAL) | (t == LAVA))
@@ -445,12 +469,8 @@ def prim_step(w: World, action):
     )
     reward = jnp.where(move & (t == GOAL), success_reward, reward)
     ms = w.mission
-    upd = update_poss(ms, w)
-    drop_now = action == DROP
-    ms = ms.replace(
-        poss_a=jnp.where(drop_now, upd.poss_a, ms.poss_a),
-        poss_b=jnp.where(drop_now, upd.poss_b, ms.poss_b),
-    )
+    # minigrid's update_objs_poss on every drop action (successful or not)
+    ms = ms.replace(poss_cell=jnp.where(action == DROP, w.obj_cell, ms.poss_cell))
     ms, status = verify(ms, w, action)
     w = w.replace(mission=ms)
     reward = jnp.where(status == 1, success_reward, reward)
@@ -476,6 +496,24 @@ PREDECESSORS = _predecessors()
 # (2 NS * 3**13 < 2**31).
 KEY_BLOCK = 13
 _NO_KEY = np.int32(2**31 - 1)
+
+
+def _pred_take(x, fill=0):
+    """``x[PREDECESSORS]`` ([NS] -> [NS, 3], ``fill`` where there is no predecessor) by static
+    shifts and rolls of the (fi, ri, rd) layout instead of a gather: action forward moves one
+    cell along the relative direction ``rd``, left / right rotate ``rd``."""
+    x3 = x.reshape(8, 8, 4)
+    pad = jnp.full((1, 8), fill, x.dtype)
+    fwd = [
+        jnp.concatenate([pad, x3[:-1, :, 0]], 0),  # rd 0 (front): from fi - 1
+        jnp.concatenate([pad.T, x3[:, :-1, 1]], 1),  # rd 1 (right): from ri - 1
+        jnp.concatenate([x3[1:, :, 2], pad], 0),  # rd 2 (back): from fi + 1
+        jnp.concatenate([x3[:, 1:, 3], pad.T], 1),  # rd 3 (left): from ri + 1
+    ]
+    fwd = jnp.stack(fwd, -1).reshape(NS)
+    left = jnp.roll(x3, -1, axis=2).reshape(NS)  # turning left: from rd + 1
+    right = jnp.roll(x3, 1, axis=2).reshape(NS)  # turning right: from rd - 1
+    return jnp.stack([fwd, left, right], -1)
 
 
 def _bfs(obst, in_range):
@@ -511,10 +549,8 @@ def _bfs(obst, in_range):
       within a layer), over bool [] (a straddle: the result is then not upstream's and must not
       be used).
     """
-    pred = jnp.asarray(PREDECESSORS)  # [NS, 3]
-    has_pred = pred >= 0
-    pc = jnp.maximum(pred, 0)
-    acts = jnp.asarray(_BFS_ACTIONS)
+    pc = jnp.maximum(jnp.asarray(PREDECESSORS), 0)  # [NS, 3]
+    acts = _BFS_ACTIONS
     free = jnp.repeat((in_range & ~obst).reshape(-1), 4)  # [NS]
     a3 = jnp.arange(3, dtype=jnp.int32)[None, :]
 
@@ -524,8 +560,8 @@ def _bfs(obst, in_range):
         first = jnp.where(new, depth, first)
         first_key = jnp.where(new, fk, first_key)
         # pushes into t from its predecessor s = pred[t, a], by the entries of s in this layer
-        s_in = has_pred & in_l[pc]
-        fs, ls = fk[pc], lk[pc]  # [NS, 3]
+        s_in = _pred_take(in_l, False)  # False where there is no predecessor
+        fs, ls = _pred_take(fk), _pred_take(lk)  # [NS, 3]
         ft = fk[:, None]
         t_in = in_l[:, None]
         before = ls < ft  # every entry of s precedes t's first entry
@@ -534,8 +570,10 @@ def _bfs(obst, in_range):
         anyp = jnp.any(ok, 1)
         kl = jnp.where(ok, ls * 3 + a3, -1)
         hi = jnp.argmax(kl, 1)
-        parent = jnp.where(anyp, jnp.take_along_axis(pc, hi[:, None], 1)[:, 0], parent)
-        pact = jnp.where(anyp, acts[hi], pact)
+        parent = jnp.where(
+            anyp, jnp.select([hi == 0, hi == 1], [pc[:, 0], pc[:, 1]], pc[:, 2]), parent
+        )
+        pact = jnp.where(anyp, jnp.select([hi == 0, hi == 1], [acts[0], acts[1]], acts[2]), pact)
         fk = jnp.where(anyp, jnp.min(jnp.where(ok, fs * 3 + a3, _NO_KEY), 1), 0)
         lk = jnp.where(anyp, jnp.max(kl, 1), 0)
         over = over | jnp.any(straddle)
@@ -647,7 +685,7 @@ def analyse(w: World, image: jax.Array | None = None, queue_size: int | None = N
       queue_size: None (default): the layer-by-layer search `_bfs`; an int (static): upstream's
         sequential queue `_bfs_sequential` with a ring buffer of that length (the reference).
     """
-    img = view_image(w) if image is None else jnp.asarray(image, jnp.int32)
+    img = jnp.asarray(view_image(w) if image is None else image, jnp.int32)
     xy = view_coords(w.agent_pos, w.agent_dir)
     vi = jnp.arange(VIEW)[:, None] * jnp.ones((1, VIEW), jnp.int32)
     vj = jnp.ones((VIEW, 1), jnp.int32) * jnp.arange(VIEW)[None, :]

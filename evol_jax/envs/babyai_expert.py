@@ -90,14 +90,16 @@ def subgoal(w: core.World):
     obj_a = set_a[w.oid] & (w.oid > 0)
     carrying_a = carrying & set_a[cid]
     # put next to: the cells next to a fixed object where the moved object may be dropped
-    fixed = ms.poss_b[leaf]
+    fixed = core.poss_mask(ms, ms.set_b[leaf])
     next_to = (t == core.EMPTY) & jnp.any(jnp.stack(_neigh4(fixed)), 0)
     verb = jnp.select(
         [kind == 1, kind == 2, kind == 3, (kind == 4) & carrying_a],
         [G_GOTO, G_PICKUP, G_OPEN, G_DROP],
         G_PICKUP,
     )
-    target = jnp.select([kind == 1, (kind == 4) & carrying_a], [ms.poss_a[leaf], next_to], obj_a)
+    target = jnp.select(
+        [kind == 1, (kind == 4) & carrying_a], [core.poss_mask(ms, ms.set_a[leaf]), next_to], obj_a
+    )
     return verb.astype(jnp.int32), target, leaf
 
 

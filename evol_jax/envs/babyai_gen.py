@@ -172,14 +172,19 @@ def generate(key, level: int):
     else:
         t_fixed = t_move
 
+    obj_cell = (
+        jnp.full((core.MAX_OBJ,), -1, jnp.int16)
+        .at[jnp.where(valid, ids, core.MAX_OBJ)]
+        .set(core.cell_index(cells[:, 0], cells[:, 1]).astype(jnp.int16), mode="drop")
+    )
+
     def matching(t):
         same = valid & jnp.all(encs == encs[t][None], -1)
         obj_set = jnp.zeros((core.MAX_OBJ,), bool).at[ids].set(same, mode="drop")
-        poss = jnp.zeros((core.MAXS, core.MAXS), bool).at[cx, cy].set(same, mode="drop")
-        return obj_set, poss, (jnp.sum(same) > 1).astype(jnp.int32)
+        return obj_set, (jnp.sum(same) > 1).astype(jnp.int32)
 
-    set_a, poss_a, art_a = matching(t_move)
-    set_b, poss_b, art_b = matching(t_fixed)
+    set_a, art_a = matching(t_move)
+    set_b, art_b = matching(t_fixed)
     put = rule == _PUT_NEXT
     z4 = jnp.zeros((4,), jnp.int32)
     mission = core.Mission(
@@ -189,15 +194,15 @@ def generate(key, level: int):
         strict=jnp.zeros((4,), bool),
         set_a=jnp.zeros((4, core.MAX_OBJ), bool).at[0].set(set_a),
         set_b=jnp.zeros((4, core.MAX_OBJ), bool).at[0].set(set_b if put else False),
-        poss_a=jnp.zeros((4, core.MAXS, core.MAXS), bool).at[0].set(poss_a),
-        poss_b=jnp.zeros((4, core.MAXS, core.MAXS), bool).at[0].set(poss_b if put else False),
+        poss_cell=obj_cell,  # tracked positions: every object where it stands at reset
         pre_carry=z4,
         leaf_status=z4,
         node_status=jnp.zeros((2,), jnp.int32),
     )
     world = core.World(
-        grid=grid.astype(jnp.int32),
-        oid=oid,
+        grid=grid.astype(jnp.uint8),
+        oid=oid.astype(jnp.int8),
+        obj_cell=obj_cell,
         contents=jnp.zeros((core.MAX_OBJ, 4), jnp.int32),
         agent_pos=agent.astype(jnp.int32),
         agent_dir=adir.astype(jnp.int32),

@@ -57,16 +57,79 @@ def _padded_grid(enc: np.ndarray) -> np.ndarray:
     return grid
 
 
+def _obj_cell(oid: np.ndarray) -> np.ndarray:
+    """int16 [MAX_OBJ] cell of each object id on the grid (-1 elsewhere): the inverse of oid
+    (`_world` adds the tracked walls)."""
+    out = np.full((core.MAX_OBJ,), -1, np.int16)
+    xs, ys = np.nonzero(oid)
+    out[oid[xs, ys]] = core.cell_index(xs, ys)
+    return out
+
+
+def _poss_cell(oid: np.ndarray, obj_cell: np.ndarray, mission: dict) -> np.ndarray:
+    """`Mission.poss_cell` from per-leaf tracked-position masks (minigrid's ``obj_poss``).
+
+    All leaves were last updated at the same time T (reset or the last drop), each tracking the
+    positions of its objects then. An object still at its T position is where oid says; a
+    tracked position with another (or no) object now belonged to an object that has left it
+    since (the one picked up since T, or an opened box). A position is therefore given to the
+    object tracked by exactly the same descriptions (the same "signature" over set_a / set_b of
+    every leaf): first the object standing on it, then any object off the grid with that
+    signature. A position no object can explain raises ``ValueError``.
+    """
+    sets = np.concatenate([mission["set_a"], mission["set_b"]])  # [8, MAX_OBJ]
+    poss = np.concatenate([mission["poss_a"], mission["poss_b"]])  # [8, MAXS, MAXS]
+    out = obj_cell.copy()  # untracked objects: where they stand (never read)
+    tracked = sets.any(0)
+    out[tracked] = -1
+    pending = []
+    for x, y in zip(*np.nonzero(poss.any(0)), strict=True):
+        sig = poss[:, x, y]
+        o = int(oid[x, y])
+        if o > 0 and tracked[o] and out[o] < 0 and np.array_equal(sets[:, o], sig):
+            out[o] = core.cell_index(x, y)
+        else:
+            pending.append((x, y, sig))
+    for x, y, sig in pending:
+        cand = [
+            o
+            for o in np.nonzero(tracked & (obj_cell < 0) & (out < 0))[0]
+            if np.array_equal(sets[:, o], sig)
+        ]
+        if not cand:
+            raise ValueError(
+                f"babyai: tracked position ({x}, {y}) matches no object off the grid with the "
+                "same descriptions"
+            )
+        out[cand[0]] = core.cell_index(x, y)
+    return out
+
+
 def _world(grid, oid, contents, pos, d, carrying, carrying_id, step_count, max_steps, mission):
     import jax.numpy as jnp
 
     # fixed dtypes (a Python int assigned into the dict would become a weak-typed array and make
     # every jitted function retrace for instances whose mission sets it)
     dtypes = {k: v.dtype for k, v in _empty_mission().items()}
-    m = core.Mission(**{k: jnp.asarray(np.asarray(v, dtypes[k])) for k, v in mission.items()})
+    mission = {k: np.asarray(v, dtypes[k]) for k, v in mission.items()}
+    oid = np.asarray(oid, np.int32)
+    obj_cell = _obj_cell(oid)
+    poss_cell = _poss_cell(oid, obj_cell, mission)
+    # walls a colour-only grey description tracks ("pick up a grey object": minigrid's obj_set
+    # holds the walls too) have ids but no oid; they never move, so they keep their cell (and
+    # stay tracked across drops, as in minigrid)
+    pc = np.maximum(poss_cell, 0)
+    walls = (
+        (poss_cell >= 0) & (obj_cell < 0) & (grid[pc // core.MAXS, pc % core.MAXS, 0] == core.WALL)
+    )
+    obj_cell[walls] = poss_cell[walls]
+    mission["poss_cell"] = poss_cell
+    del mission["poss_a"], mission["poss_b"]
+    m = core.Mission(**{k: jnp.asarray(v) for k, v in mission.items()})
     return core.World(
-        grid=jnp.asarray(grid, jnp.int32),
-        oid=jnp.asarray(oid, jnp.int32),
+        grid=jnp.asarray(grid, jnp.uint8),
+        oid=jnp.asarray(oid, jnp.int8),
+        obj_cell=jnp.asarray(obj_cell),
         contents=jnp.asarray(contents, jnp.int32),
         agent_pos=jnp.asarray(pos, jnp.int32),
         agent_dir=jnp.asarray(d, jnp.int32),

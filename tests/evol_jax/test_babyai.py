@@ -276,8 +276,9 @@ def test_native_generation_distribution_sanity(generated):
             (enc,) = encs
             same = {k for k, o in objs.items() if o[2] == enc}
             assert same == set_a  # ... matching every object that fits it
+            tracked = core.poss_mask(jax.tree.map(lambda a, i=i: a[i], ms), ms.set_a[i][0])
             assert {(objs[k][0], objs[k][1]) for k in set_a} == set(
-                zip(*np.nonzero(ms.poss_a[i][0]), strict=True)
+                zip(*np.nonzero(np.asarray(tracked)), strict=True)
             )
             text = " ".join(bw.WORDS[t] for t in goal[i][: int(glen[i])])
             art = "a" if len(same) > 1 else "the"
@@ -520,6 +521,19 @@ def test_bfs_ring_buffer_matches_reference_on_cluttered_windows():
         assert not over[i]
     *_, over = jax.jit(lambda o, r: core._bfs_sequential(o, r, 8))(obst[0], in_range[0])
     assert bool(over)
+
+
+def test_pred_take_equals_predecessor_gather():
+    """The search's shift/roll predecessor read == indexing with PREDECESSORS (fill: none)."""
+    x = np.random.default_rng(0).integers(1, 1000, core.NS).astype(np.int32)
+    pred = core.PREDECESSORS
+    assert (pred < 0).any() and (pred >= 0).any()
+    for fill in (0, -7):
+        ref = np.where(pred >= 0, x[np.maximum(pred, 0)], fill)
+        np.testing.assert_array_equal(np.asarray(core._pred_take(jnp.asarray(x), fill)), ref)
+    b = x % 2 == 0
+    ref = np.where(pred >= 0, b[np.maximum(pred, 0)], False)
+    np.testing.assert_array_equal(np.asarray(core._pred_take(jnp.asarray(b), False)), ref)
 
 
 def test_layered_bfs_equals_upstream_queue():

@@ -22,6 +22,28 @@ def step(env):
     return jax.jit(chex.assert_max_traces(env.step, n=1))
 
 
+def _leaf_descs(instr):
+    """minigrid's ObjDesc objects of a single-clause mission, as (device set field, desc)."""
+    if hasattr(instr, "desc_move"):
+        return [("set_a", instr.desc_move), ("set_b", instr.desc_fixed)]
+    return [("set_a", instr.desc)] if hasattr(instr, "desc") else []
+
+
+def _assert_tracking(w, u, where):
+    """obj_cell is the inverse of oid (plus tracked walls); the tracked positions (poss_mask)
+    are minigrid's obj_poss."""
+    oid = np.asarray(w.oid).astype(np.int64)
+    oc = np.asarray(w.obj_cell).astype(np.int64)
+    xs, ys = np.nonzero(oid)
+    assert np.array_equal(oc[oid[xs, ys]], xs * core.MAXS + ys), where
+    others = np.setdiff1d(np.nonzero(oc >= 0)[0], oid[xs, ys])  # objects without an oid cell
+    walls = np.asarray(w.grid)[oc[others] // core.MAXS, oc[others] % core.MAXS, 0]
+    assert (walls == core.WALL).all(), where  # only walls a description tracks
+    for field, desc in _leaf_descs(u.instrs):
+        mask = np.asarray(core.poss_mask(w.mission, getattr(w.mission, field)[0]))
+        assert set(zip(*np.nonzero(mask), strict=True)) == {tuple(p) for p in desc.obj_poss}, where
+
+
 def _replay(env, step, level, seed, n_steps, rng, restart_seed):
     """Random primitives (all 7, ``done`` included) on minigrid and on device, side by side;
     returns (terminations, successes)."""
@@ -47,6 +69,7 @@ def _replay(env, step, level, seed, n_steps, rng, restart_seed):
         assert int(w.agent_dir) == u.agent_dir and int(w.step_count) == u.step_count, where
         carrying = [0, 0, 0] if u.carrying is None else list(u.carrying.encode())
         assert list(np.asarray(w.carrying)) == carrying, where
+        _assert_tracking(w, u, where)
         if term or trunc:
             ends += 1
             wins += r > 0
@@ -129,3 +152,45 @@ def test_import_equals_world_from_minigrid(env):
     w, _ = env.reset_from_minigrid(menv)
     ref, _ = world_from_minigrid(menv)
     chex.assert_trees_all_equal(w, ref)
+
+
+def test_import_mid_episode_keeps_stale_tracked_positions(env, step):
+    """minigrid re-reads the tracked objects' positions only on drop: after a pickup its GoTo
+    still succeeds in front of the object's old cell. The import reconstructs that table
+    (`Mission.poss_cell`) and the device keeps it until the next drop, as minigrid does."""
+    menv = make_minigrid(1, 3)  # go to the red ball
+    u = menv.unwrapped
+    x, y = map(int, u.instrs.desc.obj_poss[0])
+    ball = u.grid.get(x, y)
+    u.grid.set(x, y, None)  # the ball picked up (no drop since): its position stays tracked
+    u.carrying = ball
+    ball.cur_pos = np.array([-1, -1])
+    w, _ = env.reset_from_minigrid(menv)
+    assert int(w.obj_cell[int(w.carrying_id)]) == -1
+    _assert_tracking(w, u, "import")
+    # a drop re-reads the positions: the carried ball is no longer tracked anywhere
+    for a in (4, 0, 4, 1, 1, 4):  # drop attempts (failing or not) with turns in between
+        menv.step(a)
+        w, _ = step(w, jnp.int32(a))
+        _assert_tracking(w, u, a)
+
+
+def test_import_raises_on_unexplained_tracked_position():
+    from evol_jax.envs.babyai_import import _poss_cell
+
+    oid = np.zeros((core.MAXS, core.MAXS), np.int32)
+    oid[2, 3] = 1
+    mission = {
+        "set_a": np.zeros((4, core.MAX_OBJ), bool),
+        "set_b": np.zeros((4, core.MAX_OBJ), bool),
+        "poss_a": np.zeros((4, core.MAXS, core.MAXS), bool),
+        "poss_b": np.zeros((4, core.MAXS, core.MAXS), bool),
+    }
+    mission["set_a"][0, 1] = True
+    mission["poss_a"][0, 2, 3] = True
+    cells = np.full((core.MAX_OBJ,), -1, np.int16)
+    cells[1] = 2 * core.MAXS + 3
+    assert _poss_cell(oid, cells, mission)[1] == 2 * core.MAXS + 3
+    mission["poss_a"][0, 5, 5] = True  # a second position, no object left to explain it
+    with pytest.raises(ValueError, match=r"tracked position \(5, 5\)"):
+        _poss_cell(oid, cells, mission)
