@@ -61,6 +61,11 @@ class EvolConfig:
       temperature, top_p: exploration sampling (0 = greedy); evaluation is always greedy.
       thresholds: per-env success threshold for the filter (default 0.99).
       seed: key derivation of exploration.
+      balance_envs: before every learning phase, repeat each environment's episodes (expert and
+        kept explored, whole copies) ``floor(n_max / n_env)`` times, ``n_max`` the largest
+        environment's count, so that one policy trained on several environments for a fixed
+        number of updates sees each about equally often (`balance_envs`). Off (default): every
+        episode once, as the official code.
     """
 
     iterations: int = 4
@@ -72,6 +77,7 @@ class EvolConfig:
     top_p: float = 1.0
     thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    balance_envs: bool = False
 
     def __post_init__(self):
         if self.init_from not in INIT_FROM:
@@ -91,11 +97,33 @@ def select_explored(records: Sequence[dict], cfg: EvolConfig) -> list[tuple[dict
         return [(r, max(float(r["reward"]), 0.0)) for r in records if float(r["reward"]) > 0]
     kept, seen = [], set()
     for r in records:
-        env = r["item_id"].rsplit("_", 1)[0]
+        env = env_of(r)
         if float(r["reward"]) > cfg.threshold(env) and r["item_id"] not in seen:
             seen.add(r["item_id"])
             kept.append((r, 1.0))
     return kept
+
+
+def env_of(item: Mapping) -> str:
+    """Environment name of an AgentTraj item (``item_id`` is ``"{env}_{idx}"``)."""
+    return item["item_id"].rsplit("_", 1)[0]
+
+
+def balance_envs(pairs: Sequence[tuple[dict, float]]) -> tuple[list[tuple[dict, float]], dict]:
+    """Repeats each environment's ``(item, weight)`` pairs ``floor(n_max / n_env)`` times.
+
+    Returns the repeated pairs (each environment's block in its original order, environments in
+    order of first appearance) and ``{env: repeats}``. Weights are kept: repetition changes how
+    often an episode is drawn, not its loss weight.
+    """
+    groups: dict[str, list[tuple[dict, float]]] = {}
+    for p in pairs:
+        groups.setdefault(env_of(p[0]), []).append(p)
+    if not groups:
+        return [], {}
+    n_max = max(len(g) for g in groups.values())
+    repeats = {e: n_max // len(g) for e, g in groups.items()}
+    return [p for e, g in groups.items() for p in g * repeats[e]], repeats
 
 
 def _free_note(out) -> str:
@@ -265,6 +293,9 @@ class Evolver:
             for i in iters:
                 pairs += select_explored(explored_by_iter[i], self.cfg)
         self.log(f"[iter {m}] learn on {len(pairs)} episodes ({len(self.expert_records)} expert)")
+        if self.cfg.balance_envs:
+            pairs, repeats = balance_envs(pairs)
+            self.log(f"[iter {m}] balanced: repeats {repeats}, {len(pairs)} episodes")
         examples, stats = tokenize_records(
             [p[0] for p in pairs], self.tokenizer, LLAMA2,
             max_len=min(self.bc.seq_len, self.bc_base.seq_len),

@@ -10,5 +10,7 @@ def get_config(name: str) -> dict:
     try:
         mod = importlib.import_module(f"evol_jax.configs.{name}")
     except ModuleNotFoundError:
-        raise ValueError(f"unknown config {name!r}; available: demo, small") from None
+        mod = None
+    if not hasattr(mod, "get_config"):
+        raise ValueError(f"unknown config {name!r}; available: demo, small")
     return mod.get_config()

@@ -16,10 +16,7 @@ success, AgentEvol 87.5 from M = 1 on (14/15 pool starts solved by exploration e
 13.5 min wall, 6.0 min CPU (user + sys). Re-runs reuse ``DIR/xla_cache``.
 """
 
-# Maze start indices (corrected semantics: 25 starts, `evol_jax.envs.maze.START_POSITIONS`).
-EXPERT = [0, 9]  # (1, 1) and (1, 11): the two far ends of the top corridor
-EVAL = [1, 3, 6, 8, 12, 15, 20, 23]  # (1,2) (1,4) (1,8) (1,10) (4,3) (5,5) (5,8) (3,9)
-EXPLORE = [i for i in range(25) if i not in EXPERT + EVAL]
+from evol_jax.configs.common import MAZE_SPLITS, bc, evol, tiny_model
 
 
 def get_config() -> dict:
@@ -27,31 +24,11 @@ def get_config() -> dict:
         "seed": 0,
         "envs": ["maze"],
         # explicit index lists (a (start, stop) tuple would be a range)
-        "splits": {"maze": {"expert": EXPERT, "explore": EXPLORE, "eval": EVAL}},
+        "splits": {"maze": MAZE_SPLITS},
         "prompt": "compact",
         "tokenizer_symbols": ["Thought:", "Action:"],
         "vocab_size": 600,
-        "model": dict(
-            d_model=64,
-            num_layers=2,
-            num_heads=4,
-            mlp_dim=192,
-            mlp="swiglu",
-            norm="rmsnorm",
-            positions="rope",
-            max_len=2048,
-        ),  # fmt: skip
-        "bc": dict(
-            peak_lr=3e-3,
-            warmup_frac=0.1,
-            micro_batch=4,
-            grad_accum=1,
-            seq_len=1024,
-            updates=120,
-            log_every=20,
-            checkpoint_every=100000,
-        ),  # fmt: skip
-        "evol": dict(
-            iterations=4, init_from="base", merge="cumulative", temperature=1.0, num_samples=4
-        ),
+        "model": tiny_model(),
+        "bc": bc(updates=120),
+        "evol": evol(),
     }

@@ -13,7 +13,7 @@ from core_jax.nn import Transformer, TransformerConfig
 from evol_jax import envs
 from evol_jax import evol as evol_mod
 from evol_jax.demo import expert_records, tokenizer_corpus
-from evol_jax.evol import EvolConfig, Evolver, select_explored
+from evol_jax.evol import EvolConfig, Evolver, balance_envs, select_explored
 from evol_jax.policy_tokenizer import PolicyTokenizer, train_policy_tokenizer
 from evol_jax.sampler import PolicyCodec
 from evol_jax.train import BCConfig
@@ -35,6 +35,42 @@ def test_select_filter_and_weights():
     ]  # fmt: skip
     kept = select_explored(recs, EvolConfig(thresholds={"maze": 0.4}))
     assert [r["item_id"] for r, _ in kept] == ["maze_1", "maze_2", "babyai_3"]
+
+
+def test_balance_envs_known_answer():
+    pairs = [
+        (_rec("maze", 0, 1.0), 1.0),
+        (_rec("wordle", 0, 1.0), 0.5),
+        (_rec("maze", 1, 1.0), 1.0),
+    ] + [(_rec("wordle", i, 1.0), 1.0) for i in range(1, 5)]
+    pairs.append((_rec("babyai", 7, 0.3), 0.3))  # fmt: skip
+    out, repeats = balance_envs(pairs)
+    assert repeats == {"maze": 2, "wordle": 1, "babyai": 5}  # floor(5 / n_env)
+    ids = [(r["item_id"], w) for r, w in out]
+    assert ids == (
+        [("maze_0", 1.0), ("maze_1", 1.0)] * 2
+        + [("wordle_0", 0.5)] + [(f"wordle_{i}", 1.0) for i in range(1, 5)]
+        + [("babyai_7", 0.3)] * 5
+    )  # fmt: skip
+    assert balance_envs([]) == ([], {})
+
+
+def test_named_configs():
+    """demo keeps its recipe (the README's table); small balances its two envs; a name that is
+    no recipe (the shared module) is refused."""
+    from evol_jax.configs import get_config
+
+    demo = get_config("demo")
+    assert demo["envs"] == ["maze"] and demo["bc"]["updates"] == 120
+    assert demo["model"]["d_model"] == 64 and demo["model"]["num_layers"] == 2
+    assert demo["splits"]["maze"]["expert"] == [0, 9] and len(demo["splits"]["maze"]["eval"]) == 8
+    assert not demo["evol"].get("balance_envs", False)
+    small = get_config("small")
+    assert small["envs"] == ["maze", "wordle"] and small["evol"]["balance_envs"]
+    EvolConfig(**small["evol"])  # valid keys
+    for name in ("common", "nope"):
+        with pytest.raises(ValueError, match="unknown config"):
+            get_config(name)
 
 
 def test_bad_config():
