@@ -26,10 +26,12 @@ Measured (fresh workdir, 25.9 min wall, 12.1 min CPU, load average 7-12 on the s
 CPU), held-out success BC_base -> M = 1..4: maze 62.5 -> 75.0, 87.5, 75.0, 87.5 (exploration
 solved 9, 11, 12, 13 of the 13 pool starts; 60 -> 88% of its episodes); wordle 20.8 -> 15.6,
 13.5, 9.4, 13.5: no gain, below the random guesser. Exploration's Wordle successes come at the
-random guesser's rate (16-20% of episodes) and the policy does not read the feedback: from
-M = 1 on it answers the expert's opener with the same second word on 92 of the 96 held-out
-games, so the kept successes are lucky games that teach no feedback -> word rule (the paper
-reports no AgentEvol gain on Wordle either: 12.0 -> 12.0).
+random guesser's rate (16-20% of episodes) and the policy does not read the feedback: at
+M = 1-3 it answers the expert's opener with one and the same second word on all 92 held-out
+games the opener did not solve (BC_base still varied it: 44 / 22 / 17 / ...), so the kept
+successes are lucky games that teach no feedback -> word rule (the paper reports no AgentEvol
+gain on Wordle either: 12.0 -> 12.0). Maze: BC_base solves the held-out starts (1, 8),
+(1, 10), (5, 5), (5, 8), (3, 9); M = 4 adds (1, 2), (1, 4), (4, 3).
 
 History: the first version of this recipe (the demo's maze split, the first 100 built-in words,
 120 updates, no balancing) gave no gain (maze 0 -> 0, wordle 8.3 -> 6.2): the maze episodes were
