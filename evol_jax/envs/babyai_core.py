@@ -175,10 +175,17 @@ def _cell(grid, x, y):
     return jnp.where(inside[..., None], enc, jnp.array([WALL, GREY, 0], grid.dtype))
 
 
+def dir_vec(d):
+    """``DIR_VEC[d]`` ([2] int32) by selects (no gather: cheaper vmapped on CPU)."""
+    dx = jnp.where(d == 0, 1, jnp.where(d == 2, -1, 0))
+    dy = jnp.where(d == 1, 1, jnp.where(d == 3, -1, 0))
+    return jnp.stack([dx, dy]).astype(jnp.int32)
+
+
 def view_coords(pos, d):
     """Absolute (x, y) of every view cell, [7, 7, 2] indexed (vis_i, vis_j)."""
-    fv = jnp.asarray(DIR_VEC)[d]
-    rv = jnp.asarray(DIR_VEC)[(d + 1) % 4]
+    fv = dir_vec(d)
+    rv = dir_vec((d + 1) % 4)
     vi = jnp.arange(VIEW)[:, None]
     vj = jnp.arange(VIEW)[None, :]
     f = (VIEW - 1 - vj)[..., None]
@@ -275,7 +282,8 @@ def view_image(w: World):
     enc = _cell(w.grid, xy[..., 0], xy[..., 1])
     mask = vis_mask(enc)
     carried = jnp.where(w.carrying_id > 0, w.carrying, jnp.array([EMPTY, 0, 0], jnp.int32))
-    enc = enc.at[VIEW // 2, VIEW - 1].set(carried.astype(enc.dtype))
+    agent = (jnp.arange(VIEW)[:, None] == VIEW // 2) & (jnp.arange(VIEW)[None, :] == VIEW - 1)
+    enc = jnp.where(agent[..., None], carried.astype(enc.dtype), enc)
     return jnp.where(mask[..., None], enc, jnp.zeros((), enc.dtype))
 
 
@@ -296,7 +304,7 @@ def poss_mask(ms: Mission, obj_set):
 
 
 def front_pos(w: World):
-    return w.agent_pos + jnp.asarray(DIR_VEC)[w.agent_dir]
+    return w.agent_pos + dir_vec(w.agent_dir)
 
 
 def _leaf_ok(ms: Mission, w: World, action):
@@ -308,11 +316,16 @@ def _leaf_ok(ms: Mission, w: World, action):
     # the tracked positions (`poss_mask`) tested through the per-object table (no grid masks)
     pc = ms.poss_cell.astype(jnp.int32)
     goto_ok = jnp.any(ms.set_a & (pc == cell_index(fxc, fyc))[None], axis=-1)
-    pick_ok = (action == PICKUP) & (pre == 0) & (cid > 0) & ms.set_a[:, cid]
+    ids = jnp.arange(MAX_OBJ)
+
+    def in_set_a(i):  # ms.set_a[:, i] by a one-hot compare (no vmapped gather)
+        return jnp.any(ms.set_a & (ids == i)[None], axis=-1)
+
+    pick_ok = (action == PICKUP) & (pre == 0) & (cid > 0) & in_set_a(cid)
     front_id = w.oid[fxc, fyc]
     front = w.grid[fxc, fyc]
     door_open = (front_id > 0) & (front[0] == DOOR) & (front[2] == OPEN)
-    open_ok = (action == TOGGLE) & door_open & ms.set_a[:, front_id]
+    open_ok = (action == TOGGLE) & door_open & in_set_a(front_id)
 
     # put next: the object carried at the last verify was dropped in front, next to a fixed one
     # (a tracked position of set_b at Manhattan distance 1 from the front cell)
@@ -320,7 +333,11 @@ def _leaf_ok(ms: Mission, w: World, action):
     near_obj = (pc >= 0) & (jnp.abs(px - fxc) + jnp.abs(py - fyc) == 1)
     near = jnp.any(ms.set_b & near_obj[None], axis=-1)
     put_ok = (
-        (action == DROP) & (pre > 0) & ms.set_a[jnp.arange(MAX_LEAVES), pre] & (cid == 0) & near
+        (action == DROP)
+        & (pre > 0)
+        & jnp.any(ms.set_a & (ids[None] == pre[:, None]), axis=-1)  # set_a[leaf, pre[leaf]]
+        & (cid == 0)
+        & near
     )
     kind = ms.kind
     ok = jnp.select(
@@ -343,57 +360,69 @@ def verify(ms: Mission, w: World, action):
     """``instrs.verify(action)``: returns (mission, status) with 0 continue, 1 success.
 
     Every leaf is verified at most once per call; ``called`` records which were (their
-    ``preCarrying`` moves on), as in minigrid's tree of Before/After/And instructions.
+    ``preCarrying`` moves on), as in minigrid's tree of Before/After/And instructions. The
+    four leaves and two nodes are handled as Python lists of scalars (no scatters or gathers:
+    each is a separate loop kernel when vmapped on CPU).
     """
-    ok = _leaf_ok(ms, w, action)
-    ls = ms.leaf_status
-    called = jnp.zeros((MAX_LEAVES,), bool)
+    okv = _leaf_ok(ms, w, action)
+    ok = [okv[i] for i in range(MAX_LEAVES)]
+    ls = [ms.leaf_status[i] for i in range(MAX_LEAVES)]
+    called = [jnp.bool_(False)] * MAX_LEAVES
 
     def node(n, do, ls, called):
+        ls, called = list(ls), list(called)
         l0, l1 = 2 * n, 2 * n + 1
         is_and = ms.node_and[n]
         c0 = do & jnp.where(is_and, ls[l0] != 1, True)
         c1 = do & is_and & (ls[l1] != 1)
-        ls2 = ls.at[l0].set(jnp.where(c0, ok[l0], ls[l0]))
-        ls2 = ls2.at[l1].set(jnp.where(c1, ok[l1], ls[l1]))
-        ls = jnp.where(is_and, ls2, ls)
-        called = called.at[l0].set(called[l0] | c0).at[l1].set(called[l1] | c1)
+        new0 = jnp.where(c0, ok[l0], ls[l0])
+        new1 = jnp.where(c1, ok[l1], ls[l1])
+        ls[l0] = jnp.where(is_and, new0, ls[l0])
+        ls[l1] = jnp.where(is_and, new1, ls[l1])
+        called[l0] = called[l0] | c0
+        called[l1] = called[l1] | c1
         st = jnp.where(is_and, ((ls[l0] == 1) & (ls[l1] == 1)).astype(jnp.int32), ok[l0])
         return st, ls, called
 
     op = ms.op
-    ns = ms.node_status
+    ns0, ns1 = ms.node_status[0], ms.node_status[1]
     # op 0: node A alone; op 1: AndInstr(A, B) (memoised); op 2/3: first then second node
     first = jnp.where(op == 3, 1, 0)
     second = 1 - first
+    ns_first = jnp.where(first == 0, ns0, ns1)
+    ns_second = jnp.where(second == 0, ns0, ns1)
     seq = (op == 2) | (op == 3)
-    do_a = (op == 0) | ((op == 1) & (ns[0] != 1)) | (seq & (ns[first] != 1) & (first == 0))
-    do_b_and = (op == 1) & (ns[1] != 1)
+    do_a = (op == 0) | ((op == 1) & (ns0 != 1)) | (seq & (ns_first != 1) & (first == 0))
+    do_b_and = (op == 1) & (ns1 != 1)
     # sequence: the first node is verified until it succeeds, then the second
-    do_first = seq & (ns[first] != 1)
+    do_first = seq & (ns_first != 1)
     st_a, ls, called = node(0, jnp.where(seq, do_first & (first == 0), do_a), ls, called)
     st_b1, ls, called = node(1, do_b_and | (do_first & (first == 1)), ls, called)
     st_first = jnp.where(first == 0, st_a, st_b1)
-    first_now = (ns[first] == 1) | (do_first & (st_first == 1))
+    first_now = (ns_first == 1) | (do_first & (st_first == 1))
     do_second = seq & first_now
     st_s0, ls, called = node(0, do_second & (second == 0), ls, called)
     st_s1, ls, called = node(1, do_second & (second == 1), ls, called)
     st_second = jnp.where(second == 0, st_s0, st_s1)
-    ns_and = jnp.stack([jnp.where(do_a, st_a, ns[0]), jnp.where(do_b_and, st_b1, ns[1])]).astype(
-        jnp.int32
-    )
-    ns_seq = ns.at[first].set(jnp.where(do_first, st_first.astype(jnp.int32), ns[first]))
-    ns_seq = ns_seq.at[second].set(
-        jnp.where(do_second, st_second.astype(jnp.int32), ns_seq[second])
-    )
-    new_ns = jnp.select([op == 1, seq], [ns_and, ns_seq], ns)
+    and0 = jnp.where(do_a, st_a, ns0).astype(jnp.int32)
+    and1 = jnp.where(do_b_and, st_b1, ns1).astype(jnp.int32)
+    new_first = jnp.where(do_first, st_first, ns_first).astype(jnp.int32)
+    new_second = jnp.where(do_second, st_second, ns_second).astype(jnp.int32)
+    seq0 = jnp.where(first == 0, new_first, new_second)
+    seq1 = jnp.where(first == 0, new_second, new_first)
+    new_ns = jnp.stack(
+        [
+            jnp.select([op == 1, seq], [and0, seq0], ns0),
+            jnp.select([op == 1, seq], [and1, seq1], ns1),
+        ]
+    ).astype(jnp.int32)
     st_seq = jnp.where(do_first & (st_first == 2), 2, jnp.where(do_second, st_second, 0))
     status = jnp.select(
-        [op == 0, op == 1], [st_a, ((ns_and[0] == 1) & (ns_and[1] == 1)).astype(jnp.int32)], st_seq
+        [op == 0, op == 1], [st_a, ((and0 == 1) & (and1 == 1)).astype(jnp.int32)], st_seq
     )
     pre_kind = (ms.kind == 2) | (ms.kind == 4)
-    pre = jnp.where(called & pre_kind, w.carrying_id, ms.pre_carry)
-    ms = ms.replace(leaf_status=ls, node_status=new_ns, pre_carry=pre)
+    pre = jnp.where(jnp.stack(called) & pre_kind, w.carrying_id, ms.pre_carry)
+    ms = ms.replace(leaf_status=jnp.stack(ls).astype(jnp.int32), node_status=new_ns, pre_carry=pre)
     return ms, status.astype(jnp.int32)
 
 
@@ -427,7 +456,8 @@ def prim_step(w: World, action):
     )
     new_cell = cell
     new_id = cid
-    new_cell = jnp.where(toggle & is_door, cell.at[2].set(door_state), new_cell)
+    door_cell = jnp.stack([cell[0], cell[1], door_state.astype(cell.dtype)])
+    new_cell = jnp.where(toggle & is_door, door_cell, new_cell)
     # box toggle: the box is replaced by its contents
     cont = w.contents[cid]
     box_open = toggle & (t == BOX)
