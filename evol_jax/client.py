@@ -39,6 +39,8 @@ from typing import Any
 
 import aiohttp
 
+from evol_jax.envs.base import success_threshold
+
 
 class EnvHTTPError(RuntimeError):
     """The server could not be reached or replied with an HTTP error."""
@@ -86,6 +88,7 @@ class Episode:
 class BatchResult:
     episodes: dict[int, Episode]  # idx -> episode (complete or partial)
     failed: dict[int, str]  # idx -> reason, for episodes that did not finish normally
+    env: str | None = None  # environment name; `success_rate` needs it (set by `run_episodes`)
 
     @property
     def completed(self) -> list[int]:
@@ -93,8 +96,16 @@ class BatchResult:
 
     @property
     def success_rate(self) -> float:
+        """Fraction of completed episodes whose last reward is above the env's success threshold
+        (`evol_jax.envs.base.success_threshold`, the rule of the sampler's records and AgentEvol's
+        filter: BabyAI pays ``1 - 0.9 t/T`` on success, SciWorld scores 0-100); 0 with none."""
+        if self.env is None:
+            raise ValueError(
+                "BatchResult.success_rate: env is not set (the success threshold depends on it)"
+            )
+        threshold = success_threshold(self.env)
         done = self.completed
-        return sum(self.episodes[i].reward >= 1.0 for i in done) / max(1, len(done))
+        return sum(self.episodes[i].reward > threshold for i in done) / max(1, len(done))
 
 
 Policy = Callable[[int, str, list[tuple[str, dict]]], Any]
@@ -282,7 +293,7 @@ class AgentGymClient:
                     failed[idx] = f.episode.error
 
         await asyncio.gather(*(one(i) for i in indices))
-        return BatchResult(episodes=dict(sorted(episodes.items())), failed=failed)
+        return BatchResult(episodes=dict(sorted(episodes.items())), failed=failed, env=self.env)
 
 
 def _observation(reply: Any) -> str:

@@ -269,3 +269,25 @@ def test_generic_routes_serve_textcraft_like_upstream():
                     assert got == ex["response"]
 
     asyncio.run(_with_server(services, run))
+
+
+def _batch(env, rewards, failed=()):
+    from evol_jax.client import BatchResult, Episode
+
+    episodes = {
+        i: Episode(idx=i, replies=[{"reward": r, "done": True}]) for i, r in enumerate(rewards)
+    }
+    return BatchResult(episodes=episodes, failed={i: "gone" for i in failed}, env=env)
+
+
+def test_batch_success_rate_uses_env_threshold():
+    """BabyAI pays 1 - 0.9 t/T on success: 0.55 and 0.1 are successes, 0 is not (the old
+    ``reward >= 1.0`` rule counted none); maze/wordle pay 1; SciWorld scores 0-100; failed
+    episodes are left out of the denominator."""
+    assert _batch("babyai", [0.55, 0.1, 0.0, 0.0]).success_rate == 0.5
+    assert _batch("babyai", [0.55, 0.0], failed=[0]).success_rate == 0.0
+    assert _batch("maze", [1.0, 0.0, -1.0]).success_rate == pytest.approx(1 / 3)
+    assert _batch("sciworld", [100.0, 99.0, 1.0, 100.0]).success_rate == 0.5
+    assert _batch("textcraft", []).success_rate == 0.0
+    with pytest.raises(ValueError, match="env is not set"):
+        _ = _batch(None, [1.0]).success_rate
