@@ -1,6 +1,6 @@
-"""Exploration throughput: device path and host path vs a sequential official-style loop (issue 8).
+"""Exploration throughput: device path and host paths vs a sequential official-style loop (issue 8).
 
-All three paths run the *same* policy: a small random Llama (``transformers.LlamaForCausalLM``,
+All four paths run the *same* policy: a small random Llama (``transformers.LlamaForCausalLM``,
 ``LAYERS`` layers, width ``D_MODEL``; the vocabulary is a sentencepiece policy tokenizer trained on
 maze expert conversations) saved to a temporary directory and imported into JAX with
 `evol_jax.hf_import.load_hf_checkpoint`, so the PyTorch baseline and the JAX paths hold identical
@@ -17,6 +17,12 @@ weights. Environment: Maze (corrected semantics, ``agentgym_compat=False``), Age
    (`evol_jax.client.AgentGymClient.run_episodes`, all ``B`` episodes in flight) with
    `evol_jax.sampler.BatchedHTTPPolicy`: pending turns are batched into one jitted KV-cached
    `core_jax.nn.decoding.generate` call (free generation up to ``</s>`` or ``max_new_tokens``).
+   Two rows, both explicit: **host (re-encode)**, ``kv_reuse=False``, prefills each episode's
+   whole conversation every turn (cache width + ``max_new_tokens``); **host (KV reuse)**,
+   ``kv_reuse=True`` (the default), keeps each episode's KV cache between its turns and prefills
+   only the tokens that differ from it. Every timed call starts from an empty cache pool (the
+   same episode indices run in every call, so a kept pool would reuse the previous call's first
+   prompts); ``stats`` records the prompt tokens and those run through the model.
 3. **Sequential baseline** (the official AgentGym evaluation loop's shape): for one episode at a
    time: ``requests.post /maze/create``, ``/maze/reset``; then per turn: build the conversation
    (AgentGym prompt + all previous turns), tokenise it (`evol_jax.policy_data.tokenize_conversation`
@@ -33,11 +39,13 @@ budget (their actions are then invalid text, which the server answers like any i
 the device path only ever takes legal actions). Generated tokens are counted exactly per path
 (device: the tokens of the chosen actions; host: ``generate``'s counts; baseline: new ids). Both
 free-generation paths run greedy from the same weights and prompts, so their action texts are
-compared (``host_equals_sequential``: fraction of identical episodes; fp32 ties aside, 1.0).
+compared (``host_equals_sequential``: fraction of identical episodes; fp32 ties aside, 1.0), and
+so are the two host rows (``host_kv_equals_host``).
 
-The three paths are timed interleaved (harness.time_interleaved) in one process, so load from
-other jobs on the shared CPU slows them alike; ratios are ``device / sequential`` and
-``host / sequential`` of episodes/s and generated tokens/s.
+The four paths are timed interleaved (harness.time_interleaved) in one process, so load from
+other jobs on the shared CPU slows them alike; ratios are ``device / sequential``,
+``host / sequential``, ``host_kv / sequential`` and ``host_kv / host`` of episodes/s and
+generated tokens/s.
 
 Measured (benchmarks/results/evol_explore.json; 2-core CPU shared with other jobs, load average
 11 -> 3 during the run; 2-layer d=128 policy, 32 rows, 6 rounds, ~1,500-token AgentGym prompt):
@@ -200,11 +208,10 @@ def conversation(first_obs: str, turns: list[str], replies: list[str]) -> list[d
     return conv
 
 
-def host_path(
-    pol: dict, url: str, batch: int, rounds: int, max_new_tokens: int, kv_reuse: bool = False
-):
+def host_path(pol: dict, url: str, batch: int, rounds: int, max_new_tokens: int, kv_reuse: bool):
     """``call() -> stats``: pooled async client + `BatchedHTTPPolicy`, ``batch`` episodes
-    (``kv_reuse``: each episode's KV cache kept between its turns)."""
+    (``kv_reuse``: each episode's KV cache kept between its turns; every call starts from an
+    empty pool, so no call reuses the previous call's caches)."""
     from evol_jax.client import AgentGymClient
     from evol_jax.sampler import BatchedHTTPPolicy
 
@@ -221,6 +228,8 @@ def host_path(
 
     def call() -> dict[str, Any]:
         start = len(counts)
+        policy.clear_cache()  # a fresh exploration: the same indices, nothing cached
+        prompt0, prefilled0 = policy.prompt_tokens, policy.prefilled_tokens
         res = asyncio.run(go())
         if res.failed:
             raise RuntimeError(f"evol_explore: host path episodes failed: {res.failed}")
@@ -233,6 +242,11 @@ def host_path(
             "steps_per_episode": [len(e.actions) for e in eps],
             "actions": {i: list(res.episodes[i].actions) for i in indices},
             "batches": len(counts) - start,
+            "prompt_tokens": policy.prompt_tokens - prompt0,
+            # tokens run through the model (kv_reuse; re-encoding prefills every prompt token)
+            "prefilled_tokens": (policy.prefilled_tokens - prefilled0)
+            if kv_reuse
+            else policy.prompt_tokens - prompt0,
         }
 
     return call, policy
@@ -300,7 +314,7 @@ def sequential_path(pol: dict, url: str, episodes: int, rounds: int, max_new_tok
 
 
 def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
-    """Times the three paths interleaved; returns the JSON-able result (see module docstring)."""
+    """Times the four paths interleaved; returns the JSON-able result (see module docstring)."""
     import torch
 
     from benchmarks.env_steps import Server
@@ -314,7 +328,12 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
             pol = make_policy(workdir, quick)
             budget = action_budget(pol["tok"])
             dev_call, _ = device_path(pol, shape["batch"], shape["num_samples"], shape["rounds"])
-            host_call, policy = host_path(pol, server.url, shape["batch"], shape["rounds"], budget)
+            host_call, policy = host_path(
+                pol, server.url, shape["batch"], shape["rounds"], budget, kv_reuse=False
+            )
+            kv_call, kv_policy = host_path(
+                pol, server.url, shape["batch"], shape["rounds"], budget, kv_reuse=True
+            )
             seq_call = sequential_path(pol, server.url, shape["seq_episodes"], shape["rounds"],
                                        budget)  # fmt: skip
             last: dict[str, dict] = {}
@@ -332,6 +351,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
             fns = {
                 "device": recorded("device", dev_call),
                 "host": recorded("host", host_call),
+                "host_kv": recorded("host_kv", kv_call),
                 "sequential": recorded("sequential", seq_call),
             }
             warmup = 0 if quick else 1
@@ -343,8 +363,10 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
     labels = {
         "device": f"device: DeviceSampler, {shape['batch']} rows "
         f"({shape['batch'] // shape['num_samples']} idx x K={shape['num_samples']})",
-        "host": f"host: evol_jax.serve + async client + BatchedHTTPPolicy, {shape['batch']} "
-        "in flight",
+        "host": f"host (re-encode): evol_jax.serve + async client + BatchedHTTPPolicy("
+        f"kv_reuse=False), {shape['batch']} in flight",
+        "host_kv": f"host (KV reuse): evol_jax.serve + async client + BatchedHTTPPolicy("
+        f"kv_reuse=True), {shape['batch']} in flight",
         "sequential": f"sequential: transformers generate + requests, {shape['seq_episodes']} "
         "episodes one at a time",
     }
@@ -369,7 +391,10 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
     seq = rates["sequential"]
     ratios = {
         f"{p}/sequential": {k: rates[p][k] / seq[k] for k in ("episodes_per_s", "tokens_per_s")}
-        for p in ("device", "host")
+        for p in ("device", "host", "host_kv")
+    }
+    ratios["host_kv/host"] = {
+        k: rates["host_kv"][k] / rates["host"][k] for k in ("episodes_per_s", "tokens_per_s")
     }
     for row, name in zip(rows, timings, strict=True):
         if name != "sequential":
@@ -378,6 +403,8 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
     host_actions, seq_actions = last["host"]["actions"], last["sequential"]["actions"]
     common = sorted(set(host_actions) & set(seq_actions))
     agree = sum(host_actions[i] == seq_actions[i] for i in common) / max(len(common), 1)
+    kv_actions = last["host_kv"]["actions"]
+    kv_agree = sum(kv_actions[i] == host_actions[i] for i in host_actions) / len(host_actions)
     result = {
         "name": NAME,
         "quick": quick,
@@ -389,18 +416,22 @@ def run(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
         "timings": {k: v.to_dict() for k, v in timings.items()},
         # JAX paths: the warm-up call compiles (first call minus the median timed call)
         "compile_s": {
-            k: (first_s[k] - timings[k].median) if warmup else None for k in ("device", "host")
+            k: (first_s[k] - timings[k].median) if warmup else None
+            for k in ("device", "host", "host_kv")
         },
         "stats": {k: {kk: vv for kk, vv in v.items() if kk != "actions"} for k, v in last.items()},
         "rates": rates,
         "ratios": ratios,
         "host_equals_sequential": agree,
+        # greedy: keeping the caches gives the re-encoding path's actions (fp32 rounding aside)
+        "host_kv_equals_host": kv_agree,
         "host_batches_last_call": last["host"]["batches"],
+        "host_kv_batches_last_call": last["host_kv"]["batches"],
         "rows": rows,
         "environment": env_info,
     }
     result["environment"]["loadavg_after"] = list(os.getloadavg())
-    del policy
+    del policy, kv_policy
     return result
 
 
@@ -415,8 +446,13 @@ def summary(result: dict[str, Any]) -> str:
         f"episodes/s and {r['device/sequential']['tokens_per_s']:.1f}x generated tokens/s of the "
         f"sequential official-style loop; host path "
         f"{r['host/sequential']['episodes_per_s']:.1f}x / "
-        f"{r['host/sequential']['tokens_per_s']:.1f}x. Host and sequential greedy actions agree on "
-        f"{100 * result['host_equals_sequential']:.0f}% of the common episodes. Median of "
+        f"{r['host/sequential']['tokens_per_s']:.1f}x (re-encoding every turn), "
+        f"{r['host_kv/sequential']['episodes_per_s']:.1f}x / "
+        f"{r['host_kv/sequential']['tokens_per_s']:.1f}x with KV reuse "
+        f"({r['host_kv/host']['episodes_per_s']:.1f}x the re-encoding host path). Host and "
+        f"sequential greedy actions agree on {100 * result['host_equals_sequential']:.0f}% of the "
+        f"common episodes, host with and without KV reuse on "
+        f"{100 * result['host_kv_equals_host']:.0f}%. Median of "
         f"{result['repeats']} interleaved calls; load average before/after "
         f"{env.get('loadavg_before')} / {env.get('loadavg_after')} on {env.get('cpu_count')} CPUs "
         "(shared machine)."

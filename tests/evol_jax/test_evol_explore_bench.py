@@ -1,4 +1,4 @@
-"""benchmarks.evol_explore quick mode: all three paths run complete episodes, consistent counts."""
+"""benchmarks.evol_explore quick mode: all four paths run complete episodes, consistent counts."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_quick_mode_end_to_end():
     res = run(quick=True)
     shape, stats, budget = res["shape"], res["stats"], res["max_new_tokens"]
     assert shape == QUICK
-    expected = {"device": shape["batch"], "host": shape["batch"],
+    expected = {"device": shape["batch"], "host": shape["batch"], "host_kv": shape["batch"],
                 "sequential": shape["seq_episodes"]}  # fmt: skip
     assert set(stats) == set(expected)
     for name, n in expected.items():
@@ -33,9 +33,20 @@ def test_quick_mode_end_to_end():
         assert rate["episodes_per_s"] > 0 and math.isfinite(rate["tokens_per_s"])
     # same weights, same prompts, greedy: free generation in JAX (host) == transformers (baseline)
     assert res["host_equals_sequential"] == 1.0
+    # keeping each episode's KV cache gives the re-encoding path's greedy actions, prefilling
+    # fewer tokens (every call from an empty pool: turn 1 prefills the whole prompt)
+    assert res["host_kv_equals_host"] == 1.0
+    host, kv = stats["host"], stats["host_kv"]
+    assert kv["prompt_tokens"] == host["prompt_tokens"] == host["prefilled_tokens"]
+    assert 0 < kv["prefilled_tokens"] < kv["prompt_tokens"]
+    assert set(res["ratios"]) == {
+        "device/sequential", "host/sequential", "host_kv/sequential", "host_kv/host"
+    }  # fmt: skip
     for ratio in res["ratios"].values():
         assert ratio["episodes_per_s"] > 0 and ratio["tokens_per_s"] > 0
-    assert len(res["rows"]) == 3
+    assert [r["path"].split(":")[0] for r in res["rows"]] == [
+        "device", "host (re-encode)", "host (KV reuse)", "sequential"
+    ]  # fmt: skip
     assert res["environment"]["loadavg_before"] is not None
     json.dumps(res, default=str)
     assert "sequential" in summary(res)
