@@ -24,6 +24,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert {"control", "vl", "text"} <= {r["domain"] for r in rows.values()}
     assert rows["vl_shapes"]["captions"] == 2 * 5 and 0 <= rows["vl_shapes"]["caption_exact"] <= 1
     assert (tmp_path / "run" / "tokenizer.model").is_file()
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert set(timing) == {"data", "training", "evaluation", "total"}
+    assert timing["total"]["cpu_s"] > 0 and "process CPU" in out
 
 
 def test_stage_timing_known_answer():
