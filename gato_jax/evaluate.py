@@ -10,7 +10,10 @@ For every environment task (:mod:`gato_jax.tasks`):
    ``demo_seed + 1``, ... until one scores ``>= demo_min_score``; otherwise the best of
    ``demo_attempts``); its first ``prompt_tokens`` tokens prompt every rollout (spec section 6);
 2. ``--episodes`` rollouts run **at once** in a batched :class:`~gato_jax.policy.GatoPolicy`
-   (seeds ``seed, seed + 1, ...``; finished environments idle until all are done);
+   (seeds ``env_seed + seed, env_seed + seed + 1, ...``, default ``env_seed`` 4,000,000:
+   disjoint from the generator's training seeds ``0, 1, ...``, its return seeds and the
+   demonstration seeds, so rollouts start from held-out initial states; finished environments
+   idle until all are done);
 3. the normalised score is ``100 * (R - random_return) / (expert_return - random_return)``
    with ``R`` the mean return (:func:`normalized_score`; returns from
    ``gato_jax/task_returns.json``): 0 = uniform random policy, 100 = the expert.
@@ -50,6 +53,7 @@ import numpy as np
 from gato_jax.policy import GatoPolicy, load_checkpoint
 
 SAMPLE_SEED = 3_000_000  # first seed of evaluated vl / text episodes (held out from datagen's)
+EVAL_SEED = 4_000_000  # first seed of evaluated environment rollouts (held out from datagen's)
 
 
 def normalized_score(episode_return: float, random_return: float, expert_return: float) -> float:
@@ -442,6 +446,7 @@ def evaluate(
     seed: int = 0,
     demo_seed: int = 2_000_000,
     sample_seed: int = SAMPLE_SEED,
+    env_seed: int = EVAL_SEED,
     demo_attempts: int = 5,
     demo_min_score: float = 80.0,
     max_steps: int | None = None,
@@ -465,9 +470,9 @@ def evaluate(
     rows = []
     for task in tasks:
         t0 = time.perf_counter()
-        # vl / text episodes are sampled from seeds far from the generator's (datagen uses
-        # 0, 1, ...), so captions are of images the model was not trained on.
-        first = seed if task.has_env else sample_seed + seed
+        # Rollouts and vl / text episodes use seeds far from the generator's (datagen uses
+        # 0, 1, ...), so the model is scored on initial states and images it was not trained on.
+        first = (env_seed if task.has_env else sample_seed) + seed
         seeds = [first + i for i in range(episodes)]
         row: dict[str, Any] = {"task": task.name, "domain": task.domain, "episodes": episodes}
         if not task.has_env:
@@ -526,6 +531,8 @@ def evaluate(
         "config": {"d_model": cfg.model.transformer.d_model, "seq_len": cfg.tokenizer.seq_len},
         "temperature": temperature,
         "seed": seed,
+        "env_seed": env_seed,
+        "sample_seed": sample_seed,
         "tasks": rows,
         "summary": summarize(rows),
     }
@@ -644,7 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", required=True, help="comma-separated task names")
     parser.add_argument("--episodes", type=int, default=10, help="rollouts per task (batched)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="first rollout seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="offset added to --env_seed / --sample_seed"
+    )
+    parser.add_argument(
+        "--env_seed", type=int, default=EVAL_SEED, help="first environment rollout seed"
+    )
     parser.add_argument("--demo_seed", type=int, default=2_000_000, help="first demo seed")
     parser.add_argument(
         "--sample_seed", type=int, default=SAMPLE_SEED, help="first vl/text sample seed"
@@ -666,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             demo_seed=args.demo_seed,
             sample_seed=args.sample_seed,
+            env_seed=args.env_seed,
             max_steps=args.max_steps,
             temperature=args.temperature,
             prompt_tokens=args.prompt_tokens,

@@ -92,6 +92,28 @@ def test_cli_end_to_end_on_cartpole(tiny_run, tmp_path):
     assert "| cartpole | control | 3 |" in (out / "results.md").read_text()
 
 
+def test_rollouts_start_from_held_out_seeds(tiny_run, monkeypatch):
+    # datagen writes training episodes from seeds 0, 1, ...; returns and demonstrations use
+    # their own ranges. Rollouts must start elsewhere, or the score is on training states.
+    from gato_jax import datagen
+
+    seen = []
+
+    def fake_rollout(policy, task, seeds, max_steps):
+        seen.append(list(seeds))
+        return [0.0] * len(seeds)
+
+    monkeypatch.setattr(evaluate, "rollout", fake_rollout)
+    res = evaluate.evaluate(str(tiny_run), ["cartpole"], episodes=2, seed=3, log=lambda *a: None)
+    assert seen == [[evaluate.EVAL_SEED + 3, evaluate.EVAL_SEED + 4]]
+    assert res["env_seed"] == evaluate.EVAL_SEED and res["seed"] == 3
+    demo_seed = res["tasks"][0]["demo_seed"]
+    taken = {datagen.RETURNS_SEED, evaluate.SAMPLE_SEED, demo_seed}
+    assert all(s >= 1_000_000 and s not in taken for s in seen[0])
+    evaluate.evaluate(str(tiny_run), ["cartpole"], episodes=1, env_seed=7, log=lambda *a: None)
+    assert seen[-1] == [7]
+
+
 def test_cli_capped_episodes_are_not_normalised(tiny_run, tmp_path):
     out = tmp_path / "eval"
     argv = ["--workdir", str(tiny_run), "--tasks", "pendulum", "--episodes", "2", "--out", str(out)]
