@@ -197,20 +197,17 @@ def _see_behind(enc):
     return ~((enc[..., 0] == WALL) | ((enc[..., 0] == DOOR) & (enc[..., 2] != OPEN)))
 
 
-def vis_mask(enc):
-    """minigrid ``Grid.process_vis`` on the rotated view ([7, 7] indexed (i, j), agent (3, 6)).
+def _vis_row(up, s):
+    """One view row of `vis_mask` (numpy or jax integers): the row's visible bits ``r`` and the
+    bits it passes to the next row (``up``), from the bits passed to it and its see-behind
+    bits ``s`` (bit ``i`` = cell ``i``).
 
-    Bit-parallel: each view row ``j`` (processed far from the agent last, as minigrid does) is a
-    7-bit integer, bit ``i`` = cell ``(i, j)``. minigrid's left-to-right pass sets
-    ``row[i + 1] |= row[i] & see_behind[i]`` in order: a carry chain, computed as an occluded fill
-    (``q``: the cells that pass the view on, seeds ``row & see_behind`` spreading through
-    ``see_behind`` by shifts of 1, 2 and 4); the right-to-left pass likewise with right shifts.
-    Every cell that passes the view on when visited also marks ``(i, j - 1)`` and its neighbour
-    in the pass direction. One loop iteration per row (7) instead of minigrid's per-cell loops;
-    same mask as `vis_mask_sequential` and minigrid (tested).
+    minigrid's left-to-right pass sets ``row[i + 1] |= row[i] & see_behind[i]`` in order: a carry
+    chain, computed as an occluded fill (``q``: the cells that pass the view on, seeds
+    ``row & see_behind`` spreading through ``see_behind`` by shifts of 1, 2 and 4); the
+    right-to-left pass likewise with right shifts. Every cell that passes the view on when
+    visited also marks ``(i, j - 1)`` and its neighbour in the pass direction.
     """
-    sb = _see_behind(enc).astype(jnp.int32)  # [7(i), 7(j)]
-    sb_rows = jnp.sum(sb << jnp.arange(VIEW)[:, None], axis=0)  # [7(j)] bit i = see_behind
     full = (1 << VIEW) - 1
 
     def fill(gen, pro, shift):  # cells reached from gen moving through pro (Kogge-Stone)
@@ -225,18 +222,59 @@ def vis_mask(enc):
     def right(x, k):
         return x >> k
 
+    q = fill(up & s, s, left)  # cells passing the view to the right
+    r = up | left(q, 1)
+    go_left = q & (full >> 1)  # i in 0..5
+    q = fill(r & s, s, right)  # then to the left, from the updated row
+    r = r | right(q, 1)
+    go_right = q & (full - 1)  # i in 1..6
+    up = (go_left | left(go_left, 1) | go_right | right(go_right, 1)) & full
+    return r, up
+
+
+def _vis_table() -> np.ndarray:
+    """`_vis_row` for every (see-behind bits, incoming bits): entry ``s << 7 | up`` holds
+    ``r | up_next << 7`` (int16 [2 ** 14])."""
+    k = np.arange(1 << (2 * VIEW), dtype=np.int32)
+    r, up = _vis_row(k & ((1 << VIEW) - 1), k >> VIEW)
+    return (r | (up << VIEW)).astype(np.int16)
+
+
+VIS_TABLE = _vis_table()
+
+
+def vis_mask(enc):
+    """minigrid ``Grid.process_vis`` on the rotated view ([7, 7] indexed (i, j), agent (3, 6)).
+
+    Each view row ``j`` (processed far from the agent last, as minigrid does) is a 7-bit
+    integer, bit ``i`` = cell ``(i, j)``; a row's visible bits and the bits it passes on depend
+    only on its see-behind bits and the bits passed to it (`_vis_row`, bit-parallel), so each
+    row is one lookup in the precomputed `VIS_TABLE` (16,384 entries): 7 lookups instead of
+    minigrid's per-cell loops. Same mask as `vis_mask_sequential` and minigrid (tested).
+    """
+    sb = _see_behind(enc).astype(jnp.int32)  # [7(i), 7(j)]
+    sb_rows = jnp.sum(sb << jnp.arange(VIEW)[:, None], axis=0)  # [7(j)] bit i = see_behind
+    table = jnp.asarray(VIS_TABLE)
     rows = [None] * VIEW
     up = jnp.int32(1 << (VIEW // 2))
-    for j in range(VIEW - 1, -1, -1):  # unrolled: 7 rows of scalar bit ops, fused by XLA
-        s = sb_rows[j]
-        q = fill(up & s, s, left)  # cells passing the view to the right
-        r = up | left(q, 1)
-        go_left = q & (full >> 1)  # i in 0..5
-        q = fill(r & s, s, right)  # then to the left, from the updated row
-        r = r | right(q, 1)
-        go_right = q & (full - 1)  # i in 1..6
-        up = (go_left | left(go_left, 1) | go_right | right(go_right, 1)) & full
-        rows[j] = r
+    mask7 = (1 << VIEW) - 1
+    for j in range(VIEW - 1, -1, -1):  # far rows last, each from the one nearer the agent
+        e = table[(sb_rows[j] << VIEW) | up].astype(jnp.int32)
+        rows[j] = e & mask7
+        up = e >> VIEW
+    rows = jnp.stack(rows)
+    return ((rows[None, :] >> jnp.arange(VIEW)[:, None]) & 1).astype(bool)
+
+
+def vis_mask_bitwise(enc):
+    """`vis_mask` computing each row with `_vis_row`'s bit operations (no table; the table's
+    reference in the tests)."""
+    sb = _see_behind(enc).astype(jnp.int32)
+    sb_rows = jnp.sum(sb << jnp.arange(VIEW)[:, None], axis=0)
+    rows = [None] * VIEW
+    up = jnp.int32(1 << (VIEW // 2))
+    for j in range(VIEW - 1, -1, -1):
+        rows[j], up = _vis_row(up, sb_rows[j])
     rows = jnp.stack(rows)
     return ((rows[None, :] >> jnp.arange(VIEW)[:, None]) & 1).astype(bool)
 

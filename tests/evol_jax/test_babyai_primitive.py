@@ -102,7 +102,8 @@ def test_random_primitives_equal_minigrid_many_levels(env, step):
 
 
 def test_vis_mask_equals_sequential_and_minigrid():
-    """Bit-parallel vis_mask == the sequential loops == minigrid's Grid.process_vis."""
+    """Table vis_mask == bit-parallel rows == the sequential loops == minigrid's
+    Grid.process_vis."""
     from minigrid.core.grid import Grid
     from minigrid.core.world_object import Door, Key, Wall
 
@@ -115,6 +116,8 @@ def test_vis_mask_equals_sequential_and_minigrid():
     fast = np.asarray(jax.jit(jax.vmap(core.vis_mask))(jnp.asarray(enc)))
     slow = np.asarray(jax.jit(jax.vmap(core.vis_mask_sequential))(jnp.asarray(enc)))
     np.testing.assert_array_equal(fast, slow)
+    bits = np.asarray(jax.jit(jax.vmap(core.vis_mask_bitwise))(jnp.asarray(enc)))
+    np.testing.assert_array_equal(bits, slow)
     for k in range(60):  # minigrid itself on a subset
         g = Grid(7, 7)
         for i in range(7):
