@@ -47,21 +47,20 @@ other jobs on the shared CPU slows them alike; ratios are ``device / sequential`
 ``host / sequential``, ``host_kv / sequential`` and ``host_kv / host`` of episodes/s and
 generated tokens/s.
 
-Measured (benchmarks/results/evol_explore.json; 2-core CPU shared with other jobs, load average
-11 -> 3 during the run; 2-layer d=128 policy, 32 rows, 6 rounds, ~1,500-token AgentGym prompt):
-device 3.66 episodes/s (1.17x the sequential loop), host 0.73 (0.23x), sequential 3.13. At this
-size on CPU every path is prefill-bound: the sequential loop re-encodes ~1,500-1,800 tokens per
-turn, but a batch-1 PyTorch prefill of that length takes ~40 ms here, while the JAX forward costs
-~70 ms per row (``[8, 1509]``: 0.55 s JAX vs 1.06 s PyTorch, batch 1: 0.07 s JAX); the device path
-prefills once per episode, the host path re-prefills every turn over bucketed (+256) widths with
-a cache of width + max_new_tokens, hence its 0.23x. Compile: device 75 s, host 119 s (many
-prompt widths), on the loaded machine.
-
-Host path with ``kv_reuse=True`` (``host_path(..., kv_reuse=True)``, not part of ``run``): each
-episode's KV cache is kept between its turns and only the tokens that differ from it are
-prefilled. Timed interleaved against the default host path in one process (same FULL shape,
-warm-up then 2 calls each; load average 9.0 -> 4.1): 11.9 s vs 60.5 s per 32 episodes (5.1x
-episodes/s), the same greedy actions, 8.2% of the prompt tokens prefilled (77,867 of 952,866).
+Measured (benchmarks/results/evol_explore.json, 2026-11-21 15:45-15:54 UTC; 2-core CPU shared
+with other jobs, load average 7.8 -> 7.5; 2-layer d=128 policy, 32 episodes, 6 rounds,
+~1,500-token AgentGym prompt; median of 2 interleaved calls after a warm-up): device 2.05
+episodes/s (7.8x the sequential loop), host re-encode 0.38 (1.45x), host KV reuse 1.10 (4.2x;
+2.9x the re-encoding host path, the same greedy actions, 18% of the prompt tokens prefilled:
+57,881 of 317,622 per call), sequential 0.26. The sequential loop ran ~10x slower than in the
+previous recorded run (15.2 s vs 1.28 s for its 4 episodes, at load 11 -> 3; the JAX paths ~2x
+slower), so the ratios to it are inflated by this load; ``host_kv / host`` (both JAX, same
+process) is the robust comparison. Every path is prefill-bound at this size on CPU: the device
+path encodes the prompt once per episode, the re-encoding host path every turn over bucketed
+(+256) widths, the KV-reuse host path once plus each turn's new tokens. An earlier
+``host_kv / host`` figure (5.1x, 8.2% prefilled) kept the pool between timed calls, so each call
+after the first reused the previous call's first prompts; every call now starts from an empty
+pool. Compile (first call minus median): device 12 s, host 8 s, host KV 10 s (noisy).
 
     python -m benchmarks.run --only evol_explore --out benchmarks/results
     python -m benchmarks.evol_explore --quick
