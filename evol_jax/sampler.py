@@ -826,7 +826,8 @@ class BatchedHTTPPolicy:
       temperature, top_p: sampling (0 = greedy).
       seed: PRNG seed; batch ``n`` uses ``fold_in(key(seed), n)``.
       max_batch, wait_s, bucket: batching knobs.
-      kv_reuse: keep each episode's cache between turns (see above).
+      kv_reuse: keep each episode's cache between turns (default; see above); ``False``
+        re-encodes the whole conversation every turn.
       cache_len: per-episode cache capacity with ``kv_reuse`` (default the model's ``max_len``);
         a turn that would not fit raises ``ValueError``. The pool holds one such cache per
         episode index seen (``clear_cache`` frees it).
@@ -835,7 +836,7 @@ class BatchedHTTPPolicy:
     def __init__(
         self, model, params, tokenizer, env_name: str, *, max_new_tokens: int = 64,
         temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
-        max_batch: int = 64, wait_s: float = 0.01, bucket: int = 256, kv_reuse: bool = False,
+        max_batch: int = 64, wait_s: float = 0.01, bucket: int = 256, kv_reuse: bool = True,
         cache_len: int | None = None,
     ):  # fmt: skip
         if env_name.lower() == "wordle":

@@ -168,7 +168,8 @@ def test_http_host_path_batches_generation(tok):
     from evol_jax.serve import build_app, build_service
 
     model, params = _model(tok)
-    policy = BatchedHTTPPolicy(model, params, tok, "maze", max_new_tokens=6, wait_s=0.05)
+    policy = BatchedHTTPPolicy(model, params, tok, "maze", max_new_tokens=6, wait_s=0.05,
+                               kv_reuse=False)  # fmt: skip
 
     async def run(policy):
         runner = web.AppRunner(build_app([build_service("maze")]))
@@ -204,6 +205,7 @@ def test_http_host_path_batches_generation(tok):
     by_id = lambda recs: sorted(recs, key=lambda r: r["item_id"])  # noqa: E731
     assert by_id(kv.records(kv_batch)) == by_id(records)
     assert kv.prefilled_tokens < kv.prompt_tokens
+    assert BatchedHTTPPolicy(model, params, tok, "maze").kv_reuse  # the default
     with pytest.raises(ValueError, match="wordle"):
         BatchedHTTPPolicy(model, params, tok, "wordle")
     with pytest.raises(ValueError, match="webshop"):
@@ -240,7 +242,9 @@ def test_http_host_path_uses_client_rule(tok, env_name, text, action):
     from evol_jax.sampler import BatchedHTTPPolicy
 
     model, params = _model(tok)
-    policy = BatchedHTTPPolicy(model, params, tok, env_name, wait_s=0.0)
+    # the re-encoding path, whose `generate` is replaced (the rule is applied in ``__call__``,
+    # after either path)
+    policy = BatchedHTTPPolicy(model, params, tok, env_name, wait_s=0.0, kv_reuse=False)
     policy.generate = _FixedText(text)
     sent = asyncio.run(policy(0, "Your goal: go to the red ball", []))
     assert sent == action == client_action(env_name, text)
@@ -443,7 +447,7 @@ def test_http_host_kv_reuse_equals_reencoding(tok, temperature):
 
     model, params = _model(tok, seed=2)
     kw = dict(max_new_tokens=12, temperature=temperature, seed=3, bucket=64)
-    ref = BatchedHTTPPolicy(model, params, tok, "maze", **kw)
+    ref = BatchedHTTPPolicy(model, params, tok, "maze", kv_reuse=False, **kw)
     kv = BatchedHTTPPolicy(model, params, tok, "maze", kv_reuse=True, **kw)
     convs = {}
     for i in range(3):
