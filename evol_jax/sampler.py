@@ -933,11 +933,7 @@ class BatchedHTTPPolicy:
         n = len(prompts_)
         width = -(-max(len(p) for p in prompts_) // self.bucket) * self.bucket
         rows = -(-n // 8) * 8  # a few fixed batch sizes
-        pad = np.zeros((rows, width), np.int32)
-        lengths = np.ones((rows,), np.int32)
-        for i, p in enumerate(prompts_):
-            pad[i, : len(p)] = p
-            lengths[i] = len(p)
+        pad, lengths = _pad_rows(prompts_, rows, width)
         key = jax.random.fold_in(self.key, self.num_batches)
         toks, count = self._generate(
             self.params, key, jnp.asarray(pad), lengths=jnp.asarray(lengths),
@@ -981,11 +977,7 @@ class BatchedHTTPPolicy:
                 f"BatchedHTTPPolicy: a turn needs {need} cache positions (prompt + "
                 f"max_new_tokens={self.max_new_tokens}), cache_len is {self.cache_len}"
             )
-        chunk = np.zeros((rows, chunk_w), np.int32)
-        n_new = np.ones((rows,), np.int32)
-        for i, t in enumerate(new):
-            chunk[i, : len(t)] = t
-            n_new[i] = len(t)
+        chunk, n_new = _pad_rows(new, rows, chunk_w)
         key = jax.random.fold_in(self.key, self.num_batches)
         toks, count, self._pool = self._turn(
             self.params, key, self._pool, jnp.asarray(slots), jnp.asarray(keep),
@@ -1052,6 +1044,17 @@ class BatchedHTTPPolicy:
                           "success": ep.reward > success_threshold(self.env_name),
                           "failed": idx in batch.failed})  # fmt: skip
         return items
+
+
+def _pad_rows(seqs, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences -> ``[rows, width]`` int32, zero-padded, and their lengths (1 for the
+    padding rows, so every row has a next-token position)."""
+    out = np.zeros((rows, width), np.int32)
+    lengths = np.ones((rows,), np.int32)
+    for i, t in enumerate(seqs):
+        out[i, : len(t)] = t
+        lengths[i] = len(t)
+    return out, lengths
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
