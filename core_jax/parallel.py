@@ -103,6 +103,8 @@ def make_mesh(
         else:
             arr = np.asarray(devices).reshape(shape)
     except (ValueError, NotImplementedError, AssertionError):
+        # mesh_utils has no physical-topology layout for this backend / device kind (it raises
+        # one of these; CPU and some GPU setups): fall back to the devices in their given order
         arr = np.asarray(devices).reshape(shape)
     return Mesh(arr, MESH_AXES)
 

@@ -1073,11 +1073,12 @@ def _cached_turn(
     """One host-path turn on cached rows (`BatchedHTTPPolicy.generate_cached`).
 
     Gathers the rows ``slots`` of ``pool`` (first ``width`` positions), keeps ``keep[b]`` cached
-    positions, prefills ``chunk[b, :n_new[b]]`` and samples ``max_new_tokens`` tokens exactly as
-    `core_jax.nn.decoding.generate` does (step ``i`` draws with ``fold_in(key, i)``, rows stop
-    after ``eos_id``); writes the rows back. Returns ``(tokens [B, T], count [B], pool)``.
+    positions, prefills ``chunk[b, :n_new[b]]`` and samples ``max_new_tokens`` tokens with
+    `core_jax.nn.decoding.generate`'s own loop (`sample_continuation`: step ``i`` draws with
+    ``fold_in(key, i)``, rows stop after ``eos_id``); writes the rows back.
+    Returns ``(tokens [B, T], count [B], pool)``.
     """
-    from core_jax.nn.decoding import decode_step, prefill
+    from core_jax.nn.decoding import prefill, sample_continuation
 
     b = slots.shape[0]
     cache = KVCache(
@@ -1087,22 +1088,14 @@ def _cached_turn(
     )  # fmt: skip
     logits, cache = prefill(model, params, chunk, lengths=n_new, cache=cache)
     last = jnp.take_along_axis(logits, (n_new - 1)[:, None, None], axis=1)[:, 0]
-
-    def body(carry, i):
-        cache, last_logits, done = carry
-        tok = sample_ids(jax.random.fold_in(key, i), last_logits, temperature=temperature,
-                         top_p=top_p)  # fmt: skip
-        tok = jnp.where(done, eos_id, tok)
-        new_done = done | (tok == eos_id)
-        step_logits, cache = decode_step(model, params, cache, jnp.maximum(tok, 0))
-        return (cache, step_logits, new_done), (tok, ~done)
-
-    init = (cache, last, jnp.zeros((b,), bool))
-    (cache, _, _), (toks, live) = jax.lax.scan(body, init, jnp.arange(max_new_tokens))
+    toks, count, cache = sample_continuation(
+        model, params, key, cache, last, max_new_tokens=max_new_tokens, eos_id=eos_id,
+        temperature=temperature, top_p=top_p,
+    )  # fmt: skip
     keys = zip(pool.keys, cache.keys, strict=True)
     values = zip(pool.values, cache.values, strict=True)
     pool = pool.replace(
         keys=tuple(p.at[slots, :width].set(c) for p, c in keys),
         values=tuple(p.at[slots, :width].set(c) for p, c in values),
     )
-    return toks.T, live.T.sum(axis=1).astype(jnp.int32), pool
+    return toks, count, pool

@@ -140,6 +140,39 @@ def generate(
     cache_len = p + max_new_tokens if cache_len is None else cache_len
     logits, cache = prefill(model, params, prompt, lengths=lengths, cache_len=cache_len)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    toks, count, _ = sample_continuation(
+        model, params, key, cache, last, max_new_tokens=max_new_tokens, eos_id=eos_id,
+        temperature=temperature, top_k=top_k, top_p=top_p, allowed_mask=allowed_mask,
+    )  # fmt: skip
+    return toks, count
+
+
+def sample_continuation(
+    model: Transformer,
+    params: Any,
+    key: Array,
+    cache: KVCache,
+    last_logits: Array,
+    *,
+    max_new_tokens: int,
+    eos_id: int | None = None,
+    temperature: Array | float = 0.0,
+    top_k: int | None = None,
+    top_p: Array | float | None = None,
+    allowed_mask: Array | None = None,
+) -> tuple[Array, Array, KVCache]:
+    """The sampling loop of :func:`generate` from an already prefilled cache, in one ``lax.scan``.
+
+    Args:
+      cache: the rows' cache after their prompt; ``last_logits``: ``[B, V]`` logits of each row's
+        last prompt position. Other arguments as in :func:`generate` (step i draws with
+        ``fold_in(key, i)``; rows stop after ``eos_id``).
+
+    Returns:
+      ``(new_tokens [B, max_new_tokens], num_generated [B], cache)``: the cache holds the
+      generated tokens too, so a caller can keep it for the next turn.
+    """
+    b = last_logits.shape[0]
 
     def body(carry, i):
         cache, last_logits, done = carry
@@ -157,6 +190,6 @@ def generate(
         step_logits, cache = decode_step(model, params, cache, jnp.maximum(tok, 0))
         return (cache, step_logits, new_done), (tok, ~done)
 
-    init = (cache, last, jnp.zeros((b,), bool))
-    _, (toks, live) = jax.lax.scan(body, init, jnp.arange(max_new_tokens))
-    return toks.T, live.T.sum(axis=1).astype(jnp.int32)
+    init = (cache, last_logits, jnp.zeros((b,), bool))
+    (cache, _, _), (toks, live) = jax.lax.scan(body, init, jnp.arange(max_new_tokens))
+    return toks.T, live.T.sum(axis=1).astype(jnp.int32), cache
