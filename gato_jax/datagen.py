@@ -363,6 +363,13 @@ def _spec_summary(task: Task) -> list[dict[str, Any]]:
     ]
 
 
+def _layout_diff(recorded: list[dict], now: list[dict]) -> list[tuple[str, Any, Any]]:
+    """``(field, recorded entry, current entry)`` of the fields whose layout differs."""
+    a = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in recorded}
+    b = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in now}
+    return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
 def data_spec(names: Sequence[str], out: str) -> str:
     """The ``--data`` string of ``python -m gato_jax.main`` for datasets under ``out``."""
     return ",".join(f"tfds:{n}@{os.path.abspath(out)}" for n in names)
@@ -551,8 +558,10 @@ def sources(
 
     Unlike ``parse_data_spec`` (which infers specs and so cannot read text fields), these carry
     each task's :attr:`Task.spec` and, for tasks with an ``instruction`` text field, read it from
-    the episode metadata. Text fields need a text tokenizer in the pipeline (see
-    :func:`load_tokenizer`).
+    the episode metadata. A task whose recorded layout (``tasks.json`` ``spec``) differs from the
+    current :attr:`Task.spec` (e.g. BabyAI data written before the one-token-per-cell view) is
+    refused with a ``ValueError`` naming both layouts. Text fields need a text tokenizer in the
+    pipeline (see :func:`load_tokenizer`).
 
     Args:
       data_dir: the ``--out`` directory of the generator.
@@ -571,6 +580,16 @@ def sources(
                 f"task {n!r} not generated in {data_dir!r} (has: {', '.join(report['tasks'])})"
             )
         task = get_task(n, cfg)
+        recorded, now = report["tasks"][n].get("spec"), _spec_summary(task)
+        if recorded is not None and recorded != now:
+            diff = [
+                f"{name}: recorded {old} != now {new}"
+                for name, old, new in _layout_diff(recorded, now)
+            ]
+            raise ValueError(
+                f"task {n!r} in {data_dir!r} was generated with another layout than the current "
+                f"code's ({'; '.join(diff)}); regenerate it with python -m gato_jax.datagen"
+            )
         has_instruction = any(f.name == "observation/instruction" for f in task.spec.observation)
         out.append(
             Source(

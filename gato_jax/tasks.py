@@ -26,7 +26,8 @@ Domains and tasks (``list_tasks()``; packages in parentheses are optional):
   velocity pumping with a spring term, energy-shaping swing-up + PD balance, velocity-sign pumping).
 * ``babyai`` (minigrid): ``babyai_goto_redball``, ``babyai_goto_local``,
   ``babyai_pickup_loc`` with minigrid's ``BabyAIBot``; observation = mission text +
-  7x7x3 symbolic egocentric view (discrete) + facing direction.
+  7x7 symbolic egocentric view, one discrete token per cell (:func:`babyai_cells`:
+  ``object * 18 + colour * 3 + state``) + facing direction.
 * ``metaworld`` (metaworld, mujoco): ``metaworld_reach``, ``metaworld_push``,
   ``metaworld_drawer_open`` with Meta-World's scripted policies; 39-d state, 4-d action.
 * ``atari`` (ale-py): ``atari_pong`` (v5, frame skip 4, sticky actions) with a scripted paddle
@@ -340,8 +341,15 @@ def _control_task(name: str, cfg: TokenizerConfig) -> Task:
 # --------------------------------------------------------------------------------------------
 # BabyAI (minigrid).
 
-BABYAI_VIEW_HIGH = 10  # largest value in minigrid's symbolic view (OBJECT_TO_IDX["agent"])
-BABYAI_INSTRUCTION_TOKENS = 32
+# minigrid's symbolic view gives each of the 7x7 cells an (object, colour, state) triple:
+# object in [0, 11) (OBJECT_TO_IDX: unseen .. agent), colour in [0, 6) (COLOR_TO_IDX), state in
+# [0, 3) (STATE_TO_IDX: open, closed, locked). The Gato observation folds each triple into ONE
+# discrete token, ``object * 18 + colour * 3 + state`` (:func:`babyai_cells`), so the view is 49
+# tokens instead of 147 and a step (instruction + view + direction + '|' + action) is ~60 tokens:
+# a 200-token window holds 3 whole steps instead of one (partly cut) step.
+BABYAI_OBJECTS, BABYAI_COLOURS, BABYAI_STATES = 11, 6, 3
+BABYAI_CELL_HIGH = BABYAI_OBJECTS * BABYAI_COLOURS * BABYAI_STATES - 1  # 197
+BABYAI_INSTRUCTION_TOKENS = 32  # a budget: only the mission's own tokens enter the sequence
 
 _BABYAI = {
     "babyai_goto_redball": "BabyAI-GoToRedBall-v0",
@@ -384,6 +392,50 @@ def _quiet_env(env):
     return Quiet(env)
 
 
+def babyai_cells(image: Any) -> np.ndarray:
+    """minigrid's symbolic view ``[7, 7, 3]`` (object, colour, state) -> int32 cell ids ``[7, 7]``.
+
+    ``cell = object * 18 + colour * 3 + state`` (in ``[0, BABYAI_CELL_HIGH]``); the cell order
+    is minigrid's (``image[x, y]``, the agent at ``x = 3, y = 6`` facing ``y = 0``). Inverse:
+    :func:`babyai_cells_to_image`.
+
+    Raises:
+      ValueError: a view that is not ``[7, 7, 3]`` integers, or a component outside its range
+        (names the component and the value found).
+    """
+    a = np.asarray(image)
+    if a.shape != (7, 7, 3) or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(
+            f"BabyAI view: expected integer [7, 7, 3] (object, colour, state), got {a.dtype} "
+            f"{list(a.shape)}"
+        )
+    a = a.astype(np.int64)
+    for i, (what, n) in enumerate(
+        (("object", BABYAI_OBJECTS), ("colour", BABYAI_COLOURS), ("state", BABYAI_STATES))
+    ):
+        bad = (a[..., i] < 0) | (a[..., i] >= n)
+        if bad.any():
+            raise ValueError(
+                f"BabyAI view: {what} index {int(a[..., i][bad][0])} outside [0, {n}) at cell "
+                f"{tuple(int(v) for v in np.argwhere(bad)[0])}"
+            )
+    cells = (a[..., 0] * BABYAI_COLOURS + a[..., 1]) * BABYAI_STATES + a[..., 2]
+    return cells.astype(np.int32)
+
+
+def babyai_cells_to_image(cells: Any) -> np.ndarray:
+    """Inverse of :func:`babyai_cells`: int cell ids ``[..., 7, 7]`` -> ``[..., 7, 7, 3]``."""
+    c = np.asarray(cells)
+    if not np.issubdtype(c.dtype, np.integer) or c.min(initial=0) < 0:
+        raise ValueError(f"BabyAI cells: expected non-negative integers, got {c.dtype}")
+    if c.max(initial=0) > BABYAI_CELL_HIGH:
+        raise ValueError(f"BabyAI cells: id {int(c.max())} > {BABYAI_CELL_HIGH}")
+    c = c.astype(np.int64)
+    obj, rest = np.divmod(c, BABYAI_COLOURS * BABYAI_STATES)
+    colour, state = np.divmod(rest, BABYAI_STATES)
+    return np.stack([obj, colour, state], axis=-1).astype(np.int32)
+
+
 def _babyai_task(name: str, cfg: TokenizerConfig) -> Task:
     env_id = _BABYAI[name]
     act_spec, to_env, from_env = _discrete_action(7)
@@ -392,8 +444,8 @@ def _babyai_task(name: str, cfg: TokenizerConfig) -> Task:
             # The episode's mission; stored once per episode as episode_metadata/instruction
             # (gato_jax.input_pipeline.Source.instruction_key puts it back into every step).
             "instruction": FieldSpec("text", (BABYAI_INSTRUCTION_TOKENS,)),
-            # Egocentric 7x7 view: (object, colour, state) indices per cell.
-            "view": FieldSpec("discrete", (7, 7, 3), low=0, high=BABYAI_VIEW_HIGH),
+            # Egocentric 7x7 view, one token per cell (babyai_cells: object, colour, state).
+            "view": FieldSpec("discrete", (7, 7), low=0, high=BABYAI_CELL_HIGH),
             "direction": FieldSpec("discrete", (), low=0, high=3),
         },
         act_spec,
@@ -412,7 +464,7 @@ def _babyai_task(name: str, cfg: TokenizerConfig) -> Task:
         del env
         return {
             "instruction": str(obs["mission"]),
-            "view": np.asarray(obs["image"], np.int32).reshape(7, 7, 3),
+            "view": babyai_cells(obs["image"]),
             "direction": np.asarray(int(obs["direction"]), np.int32),
         }
 
@@ -847,6 +899,8 @@ __all__ = [
     "Expert",
     "Task",
     "UnknownTaskError",
+    "babyai_cells",
+    "babyai_cells_to_image",
     "get_task",
     "list_tasks",
     "missing_packages",
