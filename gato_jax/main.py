@@ -71,7 +71,7 @@ from core_jax.parallel import (
 from core_jax.progress import progress
 from core_jax.train_state import TrainState
 from gato_jax.configs import CONFIG_NAMES, GatoConfig, get_config
-from gato_jax.models import Gato, dummy_inputs, param_count
+from gato_jax.models import Gato, dummy_inputs, init_bin_embeddings, param_count
 from gato_jax.synthetic import SyntheticData
 from gato_jax.train import make_optimizer, train_step
 
@@ -82,13 +82,21 @@ def _create_fn(cfg: GatoConfig, model: Gato):
 
     def create(key):
         params = model.init(key, inputs)["params"]
+        params = init_bin_embeddings(params, cfg.tokenizer, cfg.bin_embedding_init)
         return TrainState.create(params=params, tx=tx, rng=jax.random.fold_in(key, 1))
 
     return create
 
 
 def _step_fn(cfg: GatoConfig, model: Gato):
-    return functools.partial(train_step, model=model, schedule=make_schedule(cfg.optim))
+    tok = cfg.tokenizer
+    return functools.partial(
+        train_step,
+        model=model,
+        schedule=make_schedule(cfg.optim),
+        action_input_noise=cfg.action_input_noise,
+        continuous_range=(tok.continuous_offset, tok.continuous_offset + tok.num_bins),
+    )
 
 
 def _bytes_per_device(tree: Any, shardings: Any) -> int:

@@ -148,8 +148,34 @@ def update_count(state: TrainState) -> jax.Array:
     return state.step
 
 
+def corrupt_action_inputs(batch: Any, key: Array, prob: float, lo: int, hi: int) -> Any:
+    """``batch`` with each continuous action token ``[lo, hi)`` *as an input* replaced, with
+    probability ``prob``, by a uniformly random id of ``[lo, hi)``.
+
+    Only the copy the model reads changes: :func:`train_step` computes the loss against the
+    original ``batch.tokens``, and position ``i``'s target (token ``i + 1``) never sees its own
+    input (causal). The model cannot then predict an action by copying the previous one (a
+    behaviour-cloning shortcut on smooth or bang-bang experts: the prediction is right on
+    almost every token of a window but the first, and wrong where the actions must come from
+    the observation) and has to read the observation. Discrete and text action tokens are
+    kept (their ids share rows with text).
+    """
+    t = batch.tokens
+    k_flip, k_id = jax.random.split(key)
+    cont = (batch.kinds == TokenKind.ACTION) & (t >= lo) & (t < hi)
+    flip = cont & (jax.random.uniform(k_flip, t.shape) < prob)
+    noise = jax.random.randint(k_id, t.shape, lo, hi, dtype=t.dtype)
+    return batch.replace(tokens=jnp.where(flip, noise, t))
+
+
 def train_step(
-    state: TrainState, batch: Any, *, model: Gato, schedule: Any
+    state: TrainState,
+    batch: Any,
+    *,
+    model: Gato,
+    schedule: Any,
+    action_input_noise: float = 0.0,
+    continuous_range: tuple[int, int] | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer (micro-)step; pure, jitted by :func:`core_jax.parallel.make_train_step`.
 
@@ -169,16 +195,25 @@ def train_step(
       batch: batched :class:`~gato_jax.sequence.GatoInputs` (global arrays).
       model: the :class:`Gato` module (static).
       schedule: the learning-rate schedule (logged at the optimizer's update count).
+      action_input_noise: probability of :func:`corrupt_action_inputs` per continuous action
+        token (0: off; needs ``continuous_range``, the tokenizer's ``(continuous_offset,
+        continuous_offset + num_bins)``). Drawn from the step's key, so resumes repeat it.
 
     Returns:
       ``(new_state, metrics)``; ``grad_norm`` is the norm of this batch's token-mean gradient.
     """
 
     weighted = isinstance(state.opt_state, TokenWeightedState)
+    model_in = batch
+    if action_input_noise > 0.0:
+        if continuous_range is None:
+            raise ValueError("train_step: action_input_noise needs continuous_range")
+        key = jax.random.fold_in(state.step_rng(), 0x6A70)
+        model_in = corrupt_action_inputs(batch, key, action_input_noise, *continuous_range)
 
     def loss_fn(params):
         logits = model.apply(
-            {"params": params}, batch, deterministic=False, rngs={"dropout": state.step_rng()}
+            {"params": params}, model_in, deterministic=False, rngs={"dropout": state.step_rng()}
         )
         loss, metrics = gato_loss(logits, batch)
         if weighted:

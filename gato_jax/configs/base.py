@@ -95,6 +95,14 @@ class GatoConfig:
       data_threads: grain threads loading TFDS batches (0: in the training thread).
       data_prefetch: TFDS batches loaded ahead.
       log_every, checkpoint_every, max_to_keep: intervals in steps / checkpoints kept.
+      bin_embedding_init: **[decision]** initial rows of the 1024 continuous-bin tokens in the
+        (tied) token table: ``"normal"`` (default; like every other row) or ``"sinusoidal"``
+        (:func:`gato_jax.models.bin_embedding_table`: smooth in the bin's value, so that nearby
+        values start with nearby embeddings; for small models trained briefly).
+      action_input_noise: **[decision]** probability that a continuous action token is replaced
+        by a random bin *in the model's input* (targets unchanged;
+        :func:`gato_jax.train.corrupt_action_inputs`), against copying the previous action.
+        Default 0 (off, paper-literal).
     """
 
     model: GatoModelConfig
@@ -112,6 +120,8 @@ class GatoConfig:
     log_every: int = 100
     checkpoint_every: int = 1000
     max_to_keep: int = 2
+    bin_embedding_init: str = "normal"
+    action_input_noise: float = 0.0
 
     def __post_init__(self):
         def bad(name, why):
@@ -128,6 +138,10 @@ class GatoConfig:
                     f"GatoConfig.model.{name}={getattr(self.model, name)} differs from "
                     f"tokenizer.{name}={getattr(self.tokenizer, name)}"
                 )
+        if self.bin_embedding_init not in ("normal", "sinusoidal"):
+            bad("bin_embedding_init", "expected 'normal' or 'sinusoidal'")
+        if not 0.0 <= self.action_input_noise < 1.0:
+            bad("action_input_noise", "must be in [0, 1)")
         for name in ("batch_size", "num_steps", "synthetic_steps", "log_every"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")

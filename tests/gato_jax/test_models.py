@@ -14,10 +14,16 @@ from core_jax.optim import OptimizerConfig, make_optimizer, make_schedule
 from core_jax.parallel import MeshConfig, host_to_global, init_sharded, make_mesh, make_train_step
 from core_jax.train_state import TrainState
 from gato_jax.configs import CONFIG_NAMES, get_config
-from gato_jax.models import Gato, dummy_inputs, param_count
+from gato_jax.models import (
+    Gato,
+    bin_embedding_table,
+    dummy_inputs,
+    init_bin_embeddings,
+    param_count,
+)
 from gato_jax.spec import TokenKind
 from gato_jax.synthetic import SyntheticData
-from gato_jax.train import gato_loss, train_step
+from gato_jax.train import corrupt_action_inputs, gato_loss, train_step
 
 PAPER = {"gato_79m": 79e6, "gato_364m": 364e6, "gato_1_18b": 1.18e9}
 EXACT = {"gato_79m": 79_759_232, "gato_364m": 366_859_136, "gato_1_18b": 1_174_911_872}
@@ -262,3 +268,95 @@ def test_model_rejects_bad_shapes():
         model.init(jax.random.key(0), batch.replace(patches=batch.patches[..., :1]))
     with pytest.raises(ValueError, match="local_positions"):
         model.init(jax.random.key(0), batch.replace(local_positions=batch.local_positions[:, :3]))
+
+
+def test_bin_embedding_table_is_smooth_in_the_bin_value():
+    rng = np.random.default_rng()
+    d = int(rng.choice([32, 64, 128]))
+    t = bin_embedding_table(1024, d, scale=0.02)
+    assert t.shape == (1024, d) and t.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 0.02 * np.sqrt(d), rtol=1e-5)
+    # known answer: row k, column j is sin(pi/2 f_j v_k) (scaled), v_k the bin centre
+    k = int(rng.integers(1024))
+    v = (k + 0.5) / 1024 * 2 - 1
+    f = np.pi / 2 * np.geomspace(1.0, 1024, d // 2)
+    row = np.concatenate([np.sin(f * v), np.cos(f * v)])
+    np.testing.assert_allclose(t[k], row * 0.02 * np.sqrt(d) / np.linalg.norm(row), atol=1e-7)
+    # neighbours are more alike than distant bins; every row is distinct
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    i = int(rng.integers(10, 500))
+    assert cos(t[i], t[i + 1]) > cos(t[i], t[i + 8]) > cos(t[i], t[i + 400])
+    assert len({r.tobytes() for r in t}) == 1024
+    with pytest.raises(ValueError, match="d_model must be even"):
+        bin_embedding_table(1024, 7)
+
+
+def test_init_bin_embeddings_replaces_only_the_bin_rows():
+    cfg = get_config("gato_tiny")
+    params = Gato(cfg.model).init(jax.random.key(0), dummy_inputs(cfg.tokenizer))["params"]
+    assert init_bin_embeddings(params, cfg.tokenizer, "normal") is params
+    new = init_bin_embeddings(params, cfg.tokenizer, "sinusoidal")
+    old_t = nn.meta.unbox(params)["transformer"]["embedder"]["embedding"]
+    new_t = nn.meta.unbox(new)["transformer"]["embedder"]["embedding"]
+    lo, n = cfg.tokenizer.continuous_offset, cfg.tokenizer.num_bins
+    np.testing.assert_array_equal(new_t[:lo], old_t[:lo])
+    np.testing.assert_array_equal(new_t[lo + n :], old_t[lo + n :])
+    np.testing.assert_allclose(new_t[lo : lo + n], bin_embedding_table(n, old_t.shape[1]))
+    # the box (logical axis names) is kept; everything else is the same object
+    box = new["transformer"]["embedder"]["embedding"]
+    assert isinstance(box, nn.LogicallyPartitioned) and box.names == ("vocab", "embed")
+    assert new["patch_embed"] is params["patch_embed"]
+    with pytest.raises(ValueError, match="bin_embedding_init='smooth'"):
+        init_bin_embeddings(params, cfg.tokenizer, "smooth")
+    with pytest.raises(ValueError, match="bin_embedding_init"):
+        dataclasses.replace(cfg, bin_embedding_init="smooth")
+
+
+def test_corrupt_action_inputs_touches_only_continuous_action_inputs():
+    batch = _batch()
+    cfg = get_config("gato_tiny").tokenizer
+    lo, hi = cfg.continuous_offset, cfg.continuous_offset + cfg.num_bins
+    t, kinds = np.asarray(batch.tokens), np.asarray(batch.kinds)
+    cont = (kinds == TokenKind.ACTION) & (t >= lo) & (t < hi)
+    assert cont.sum() > 50 and ((kinds == TokenKind.ACTION) & ~cont).sum() > 0  # both kinds
+    key = jax.random.key(int(np.random.default_rng().integers(2**31)))
+    out = corrupt_action_inputs(batch, key, 0.5, lo, hi)
+    o = np.asarray(out.tokens)
+    changed = o != t
+    assert not changed[~cont].any()  # observations, discrete/text actions, padding kept
+    assert (o[cont] >= lo).all() and (o[cont] < hi).all()
+    assert 0.3 < changed[cont].mean() < 0.7  # ~half (a redraw of the same bin: 1 in 1024)
+    # every other field is untouched; prob 0 is the identity
+    same = jax.tree.leaves(out.replace(tokens=batch.tokens))
+    for a, b in zip(same, jax.tree.leaves(batch), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(corrupt_action_inputs(batch, key, 0.0, lo, hi).tokens, t)
+
+
+def test_train_step_action_input_noise_changes_inputs_not_targets():
+    cfg = _tiny(stochastic_depth=0.0)
+    batch = jax.tree.map(lambda x: x[:2], _batch())
+    model = Gato(cfg.model)
+    opt = OptimizerConfig(peak_lr=1e-2, warmup_steps=5, decay_steps=80, weight_decay=0.0)
+    state = TrainState.create(params=_init(model, batch), tx=make_optimizer(opt), rng=0)
+    tok = cfg.tokenizer
+    rng = (tok.continuous_offset, tok.continuous_offset + tok.num_bins)
+    kw = dict(model=model, schedule=make_schedule(opt), continuous_range=rng)
+    noisy = jax.jit(functools.partial(train_step, action_input_noise=0.5, **kw))
+    clean = jax.jit(functools.partial(train_step, **kw))
+    _, m_noisy = noisy(state, batch)
+    _, m_clean = clean(state, batch)
+    # same targets (token counts), different inputs (loss); deterministic given the state
+    assert float(m_noisy["num_tokens"]) == float(m_clean["num_tokens"])
+    assert abs(float(m_noisy["loss"]) - float(m_clean["loss"])) > 1e-6
+    np.testing.assert_array_equal(noisy(state, batch)[1]["loss"], m_noisy["loss"])
+    # the loss of the noisy step is the loss of the model on the corrupted inputs
+    key = jax.random.fold_in(state.step_rng(), 0x6A70)
+    inputs = corrupt_action_inputs(batch, key, 0.5, *rng)
+    logits = model.apply({"params": state.params}, inputs, deterministic=False,
+                         rngs={"dropout": state.step_rng()})  # fmt: skip
+    np.testing.assert_allclose(gato_loss(logits, batch)[0], m_noisy["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="continuous_range"):
+        train_step(state, batch, model=model, schedule=make_schedule(opt), action_input_noise=0.5)
+    with pytest.raises(ValueError, match="action_input_noise"):
+        dataclasses.replace(cfg, action_input_noise=1.0)
