@@ -169,12 +169,18 @@ def test_loss_metrics_split_by_kind():
     np.testing.assert_allclose(m["action_loss"], nll[mask].mean(), rtol=1e-5)
 
 
-def test_tiny_model_overfits_one_batch():
+def _two_row_setup():
+    """(config, two-row synthetic batch, model, optimizer config, fresh train state)."""
     cfg = _tiny(stochastic_depth=0.0)
     batch = jax.tree.map(lambda x: x[:2], _batch())
     model = Gato(cfg.model)
     opt = OptimizerConfig(peak_lr=1e-2, warmup_steps=5, decay_steps=80, weight_decay=0.0)
     state = TrainState.create(params=_init(model, batch), tx=make_optimizer(opt), rng=0)
+    return cfg, batch, model, opt, state
+
+
+def test_tiny_model_overfits_one_batch():
+    _, batch, model, opt, state = _two_row_setup()
     step = jax.jit(functools.partial(train_step, model=model, schedule=make_schedule(opt)))
     losses = []
     for _ in range(80):
@@ -334,11 +340,7 @@ def test_corrupt_action_inputs_touches_only_continuous_action_inputs():
 
 
 def test_train_step_action_input_noise_changes_inputs_not_targets():
-    cfg = _tiny(stochastic_depth=0.0)
-    batch = jax.tree.map(lambda x: x[:2], _batch())
-    model = Gato(cfg.model)
-    opt = OptimizerConfig(peak_lr=1e-2, warmup_steps=5, decay_steps=80, weight_decay=0.0)
-    state = TrainState.create(params=_init(model, batch), tx=make_optimizer(opt), rng=0)
+    cfg, batch, model, opt, state = _two_row_setup()
     tok = cfg.tokenizer
     rng = (tok.continuous_offset, tok.continuous_offset + tok.num_bins)
     kw = dict(model=model, schedule=make_schedule(opt), continuous_range=rng)
