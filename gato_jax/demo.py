@@ -36,8 +36,8 @@ the paper's 33,025, and no stochastic depth; the token layout and loss are the p
   ``text_corpus``; the 2-block d_model-64 model, 96-token windows, batch 16, 1,500 steps, peak
   learning rate 1e-2 (warm-up 30, cosine to 1e-3).
 * ``demo_babyai``: the demo plus ``babyai_goto_redball`` (2,000 ``vl_shapes`` episodes: with
-  500 images and this recipe the captions were memorised); 200-token windows (one BabyAI step is
-  up to 182 tokens, and the policy's context must hold the 16-token prompt plus one step),
+  500 images and this recipe the captions were memorised); 200-token windows (chosen when a BabyAI
+  step was up to 182 tokens; since the one-token-per-cell view it is at most 84),
   batch 12, 1,200 steps.
 * ``long``: all 13 tasks; the demo's 2-block d_model-64 model, 200-token windows with 64 patch
   slots, batch 16, 2,400 steps (cosine) with a 40-minute training budget, mixture weights
@@ -90,7 +90,8 @@ class Recipe:
 
 
 # ``long``: mixture weights (probability of a training row), steps and training budget. A
-# control row holds 25-50 steps, a Meta-World row four, a BabyAI row one (182 tokens): the
+# control row holds 25-50 steps, a Meta-World row four, a BabyAI row two to three (<= 84 tokens
+# a step; one of 182 before the one-token-per-cell view): the
 # weights favour the tasks a few thousand rows can teach (``demo_babyai`` gave BabyAI 5,200
 # rows of GoToRedBall and no episode reached the ball), and every task keeps a share.
 LONG_WEIGHTS = {
@@ -141,8 +142,8 @@ RECIPES = {
         train_steps=1500,
         eval_episodes=8,
     ),
-    # The demo plus BabyAI GoToRedBall: 200-token windows (one BabyAI step is up to 182 tokens
-    # and the policy's context holds the 16-token prompt plus one step).
+    # The demo plus BabyAI GoToRedBall: 200-token windows (chosen when one BabyAI step was up to
+    # 182 tokens; it is now at most 84, so ~128 would do, untested).
     "demo_babyai": Recipe(
         tasks="cartpole,babyai_goto_redball,vl_shapes,text_corpus",
         episodes=100,
@@ -169,8 +170,8 @@ RECIPES = {
     ),
     # Every task, sized so that enough optimizer steps fit in the hour: the demo's 2-block
     # d_model-64 model (a step of the 4-block d_model-128 model with 256-token windows and 256
-    # patch slots cost 4-5x as much, so only 376 steps fitted), 200-token windows (a BabyAI
-    # step is 182 tokens; the policy's context holds the 16-token prompt plus one step) and 64
+    # patch slots cost 4-5x as much, so only 376 steps fitted), 200-token windows (the 16-token
+    # prompt plus two BabyAI steps of at most 84 tokens) and 64
     # patch slots per window (every row pays for every slot in the patch ResNet; a vl_shapes
     # episode has 45 patches, a Pong step 25, so Pong windows keep the frames of their first
     # 2-3 steps and the later steps' frame tokens are masked out, ``patch_overflow``).
