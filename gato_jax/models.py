@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from core_jax.nn import KVCache, Transformer
-from gato_jax.configs.base import GatoModelConfig
+from gato_jax.configs.base import BIN_EMBEDDING_INITS, GatoModelConfig
 from gato_jax.configs.tokenizer import TokenizerConfig
 from gato_jax.sequence import GatoInputs
 from gato_jax.tokenizer import patch_position_ids
@@ -298,9 +298,6 @@ def param_count(config: GatoModelConfig) -> int:
     """Exact number of parameters of :class:`Gato` with ``config`` (via ``jax.eval_shape``)."""
     leaves = jax.tree.leaves(nn.meta.unbox(abstract_params(config)))
     return int(sum(x.size for x in leaves))
-
-
-BIN_EMBEDDING_INITS = ("normal", "sinusoidal")
 
 
 def bin_embedding_table(num_bins: int, d_model: int, scale: float = 0.02) -> np.ndarray:

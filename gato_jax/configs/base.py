@@ -16,6 +16,7 @@ from core_jax.parallel import MeshConfig
 from gato_jax.configs.tokenizer import TokenizerConfig
 
 DATA_SOURCES = ("synthetic",)
+BIN_EMBEDDING_INITS = ("normal", "sinusoidal")  # GatoConfig.bin_embedding_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +139,8 @@ class GatoConfig:
                     f"GatoConfig.model.{name}={getattr(self.model, name)} differs from "
                     f"tokenizer.{name}={getattr(self.tokenizer, name)}"
                 )
-        if self.bin_embedding_init not in ("normal", "sinusoidal"):
-            bad("bin_embedding_init", "expected 'normal' or 'sinusoidal'")
+        if self.bin_embedding_init not in BIN_EMBEDDING_INITS:
+            bad("bin_embedding_init", f"expected one of {BIN_EMBEDDING_INITS}")
         if not 0.0 <= self.action_input_noise < 1.0:
             bad("action_input_noise", "must be in [0, 1)")
         for name in ("batch_size", "num_steps", "synthetic_steps", "log_every"):
